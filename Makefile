@@ -1,0 +1,45 @@
+# The commands a person types. `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+RTK := $(VENV)/bin/rtk
+STAMP := $(VENV)/.installed
+
+# The real CIFAR-10 copy beside the project, when there is one (see README: where data is looked for).
+SHARED_DATA := $(abspath ../shared/data/cifar10-jpeg)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export RTK_DATA ?= $(SHARED_DATA)
+endif
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+# Rebuilt only when the dependencies change. torch and torchvision are pinned in pyproject.toml
+# to the builds these machines hold locally (a range would pull a multi-GB download).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: install
+	$(RTK) data info
+	$(RTK) models
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/input_pipeline.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

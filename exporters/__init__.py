@@ -1,0 +1,1 @@
+"""Everything ONNX: export, validation, quantization, and the one ONNX Runtime session factory."""

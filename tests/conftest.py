@@ -1,0 +1,131 @@
+"""Shared fixtures: tiny real datasets on disk in each format rtk reads.
+
+The images come from the real CIFAR-10 copy in ``../shared/data/cifar10-jpeg`` when it is
+there (the first files of each class), and are generated otherwise, so the suite runs on a
+machine without the data too.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
+CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+TRAIN_PER_CLASS = 20
+TEST_PER_CLASS = 5
+
+
+@dataclass(frozen=True)
+class TinyData:
+    """A tiny dataset in memory: images (N, 32, 32, 3) uint8, labels (N,), per split."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    files: dict[str, list[Path]]  # split -> source JPEGs, where real files were used
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Each test gets its own cache dir and no RTK_DATA, so lookups are what the test says."""
+    monkeypatch.setenv("RTK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("RTK_DATA", raising=False)
+    monkeypatch.delenv("RTK_DEBUG", raising=False)
+
+
+def _real_files(split: str, per_class: int) -> list[list[Path]] | None:
+    if not SHARED_DATA.is_dir():
+        return None
+    return [sorted((SHARED_DATA / split / c).glob("*.jpg"))[:per_class] for c in CLASSES]
+
+
+def _load_split(split: str, per_class: int, rng: np.random.Generator):
+    real = _real_files(split, per_class)
+    images, labels, files = [], [], []
+    for label in range(len(CLASSES)):
+        for index in range(per_class):
+            if real is not None:
+                path = real[label][index]
+                images.append(np.asarray(Image.open(path).convert("RGB")))
+                files.append(path)
+            else:
+                images.append(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+            labels.append(label)
+    return np.stack(images), np.array(labels), files
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> TinyData:
+    rng = np.random.default_rng(0)
+    train_images, train_labels, train_files = _load_split("train", TRAIN_PER_CLASS, rng)
+    test_images, test_labels, test_files = _load_split("test", TEST_PER_CLASS, rng)
+    return TinyData(
+        train_images, train_labels, test_images, test_labels,
+        {"train": train_files, "test": test_files},
+    )  # fmt: skip
+
+
+def write_imagefolder(root: Path, data: TinyData) -> Path:
+    """An ImageFolder tree: the real JPEGs copied as they are, or generated images as PNG
+    (lossless, so the decoded pixels equal the arrays)."""
+    for split in ("train", "test"):
+        images = getattr(data, f"{split}_images")
+        labels = getattr(data, f"{split}_labels")
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            if data.files[split]:
+                shutil.copy(data.files[split][index], folder / f"{index:04d}.jpg")
+            else:
+                Image.fromarray(image).save(folder / f"{index:04d}.png")
+    return root
+
+
+def write_cifar_python(folder: Path, data: TinyData) -> Path:
+    """The official release's layout: five pickled training batches, a test batch, meta."""
+    folder.mkdir(parents=True)
+
+    def dump(name: str, content: dict) -> None:
+        with (folder / name).open("wb") as handle:
+            pickle.dump(content, handle, protocol=2)  # the protocol of the official files
+
+    flat = data.train_images.transpose(0, 3, 1, 2).reshape(len(data.train_images), -1)
+    for index, chunk in enumerate(np.array_split(np.arange(len(flat)), 5), start=1):
+        dump(
+            f"data_batch_{index}",
+            {b"data": flat[chunk], b"labels": data.train_labels[chunk].tolist()},
+        )
+    test_flat = data.test_images.transpose(0, 3, 1, 2).reshape(len(data.test_images), -1)
+    dump("test_batch", {b"data": test_flat, b"labels": data.test_labels.tolist()})
+    dump("batches.meta", {b"label_names": [c.encode() for c in CLASSES]})
+    return folder
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path, tiny_data: TinyData) -> Path:
+    return write_imagefolder(tmp_path / "cifar10-jpeg", tiny_data)
+
+
+@pytest.fixture
+def cifar_python(tmp_path: Path, tiny_data: TinyData) -> Path:
+    return write_cifar_python(tmp_path / "cifar-10-batches-py", tiny_data)
+
+
+@pytest.fixture
+def cifar_tarball(tmp_path: Path, tiny_data: TinyData) -> Path:
+    folder = write_cifar_python(tmp_path / "build" / "cifar-10-batches-py", tiny_data)
+    tarball = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return tarball

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from toolkit.cli import app
+from toolkit.models import architecture_names
+
+runner = CliRunner()
+
+
+def rtk(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
+
+
+def test_help_lists_the_commands():
+    result = rtk("--help")
+    assert result.exit_code == 0
+    assert "models" in result.stdout and "data" in result.stdout
+
+
+def test_models_table():
+    result = rtk("models")
+    assert result.exit_code == 0
+    for name, count in zip(
+        architecture_names(), ["391,946", "2,798,698", "11,173,962", "11,000,138"], strict=True
+    ):
+        assert name in result.stdout and count in result.stdout
+    assert "555.4 M" in result.stdout  # ResNet-18 MACs per 32x32 image
+
+
+def test_models_json():
+    result = rtk("models", "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert [r["name"] for r in rows] == architecture_names()
+    assert all(r["params"] == r["paper_params"] for r in rows)
+    assert {"macs", "description", "trainable_params"} <= rows[0].keys()
+
+
+def test_data_info_table(imagefolder: Path):
+    result = rtk("data", "info", "--data", str(imagefolder), "--val-size", "50")
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "imagefolder" in out and "train 150 / val 50 / test 50" in out
+    assert "built now" in out
+    assert "hit" in rtk("data", "info", "--data", str(imagefolder), "--val-size", "50").stdout
+
+
+def test_data_info_json_from_rtk_data(cifar_tarball: Path):
+    result = rtk("data", "info", "--json", "--val-size", "20", env={"RTK_DATA": str(cifar_tarball)})
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["format"] == "cifar-tar" and info["source"] == str(cifar_tarball)
+    assert (info["train"], info["val"], info["test"]) == (180, 20, 50)
+    assert [c["val"] for c in info["classes"]] == [2] * 10
+    assert Path(info["cache_path"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "message"),
+    [
+        (lambda root: root / "missing", "does not exist"),
+        (lambda root: (root / "empty").mkdir() or root / "empty", "is empty"),
+        (
+            lambda root: (root / "x.txt").write_text("x") and root / "x.txt",
+            "not a CIFAR-10 tarball",
+        ),
+    ],
+    ids=["missing", "empty", "foreign-file"],
+)
+def test_data_errors_are_one_line_with_exit_2(tmp_path: Path, make_bad, message: str):
+    result = rtk("data", "info", "--data", str(make_bad(tmp_path)))
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bad_image_named_through_the_real_console_script(imagefolder: Path):
+    """The installed ``rtk`` script: one line on stderr, exit 2, no traceback, no cache."""
+    bad = sorted((imagefolder / "train" / "ship").iterdir())[3]
+    bad.write_bytes(b"GIF89a broken")
+    env = {**os.environ, "COLUMNS": "300"}
+    command = [
+        str(Path(sys.executable).with_name("rtk")),
+        "data",
+        "info",
+        "--data",
+        str(imagefolder),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot decode image {bad} (not an image); replace or remove it"
+    ]
+    assert list(Path(os.environ["RTK_CACHE_DIR"]).iterdir()) == []
+    # RTK_DEBUG=1 shows the traceback for a bug report.
+    debug = subprocess.run(
+        command, capture_output=True, text=True, env={**env, "RTK_DEBUG": "1"}, check=False
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_python_dash_m_toolkit_works():
+    result = subprocess.run(
+        [sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and result.stdout.startswith("rtk ")
+
+
+def test_unknown_command_exits_2():
+    assert rtk("trian").exit_code == 2

@@ -1,0 +1,72 @@
+"""The Typer application: one command per module, all registered here.
+
+Errors the user can fix (``RtkError``) become one red line on stderr and their exit code;
+a traceback is shown only with ``RTK_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from toolkit import __version__
+from toolkit.cli import data as data_cmd
+from toolkit.cli import models as models_cmd
+from toolkit.cli.output import err_console
+from toolkit.errors import RtkError
+
+
+def _debug() -> bool:
+    return os.environ.get("RTK_DEBUG", "") not in ("", "0")
+
+
+class RtkGroup(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RtkError as exc:
+            if _debug():
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=RtkGroup,
+    name="rtk",
+    help="rtk, the residual-learning toolkit: train, export, benchmark and analyse CIFAR CNNs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"rtk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """rtk, the residual-learning toolkit: train, export, benchmark and analyse CIFAR CNNs."""
+
+
+app.command("models")(models_cmd.models)
+app.add_typer(data_cmd.app, name="data")
+
+
+def main() -> None:
+    app(prog_name="rtk")

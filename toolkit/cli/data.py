@@ -1,0 +1,55 @@
+"""``rtk data``: where the dataset is, what it holds, and how long it takes to load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from toolkit.cli.output import console, notice, print_json
+
+app = typer.Typer(help="Inspect the CIFAR-10 data rtk trains on.", no_args_is_help=True)
+
+DataOption = typer.Option(
+    None,
+    "--data",
+    help="Dataset path (ImageFolder tree, cifar-10-batches-py/ or its .tar.gz). "
+    "Default: $RTK_DATA, then ./data, then a download into ./data.",
+)
+
+
+@app.command("info")
+def info(
+    data: Path | None = DataOption,
+    val_size: int = typer.Option(5000, "--val-size", help="Training images held out."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the train/val split."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Show the dataset's source, format, cache, split sizes and per-class counts."""
+    from toolkit.data import describe, load_dataset
+
+    dataset = load_dataset(data, announce=notice)
+    summary = describe(dataset, val_size=val_size, seed=split_seed)
+    if as_json:
+        print_json(summary)
+        return
+    overview = Table(title="CIFAR-10 data", show_header=False)
+    overview.add_column(style="bold")
+    overview.add_column()
+    cache = str(summary.cache_path) if summary.cache_path else "not written (cache dir unwritable)"
+    overview.add_row("source", str(summary.source))
+    overview.add_row("format", summary.format)
+    overview.add_row("cache", f"{cache} ({'hit' if summary.from_cache else 'built now'})")
+    overview.add_row("load time", f"{summary.load_s:.2f} s")
+    overview.add_row(
+        "split", f"train {summary.train:,} / val {summary.val:,} / test {summary.test:,}"
+    )
+    overview.add_row("split seed", str(summary.split_seed))
+    console.print(overview)
+    per_class = Table(title="Images per class")
+    for column in ("class", "train", "val", "test"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for row in summary.classes:
+        per_class.add_row(row.name, f"{row.train:,}", f"{row.val:,}", f"{row.test:,}")
+    console.print(per_class)

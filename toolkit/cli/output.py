@@ -1,0 +1,35 @@
+"""The one place that writes to the terminal: a Console for results and one for errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Machine-readable output: plain JSON on stdout, nothing else, for ``--json``."""
+    print(json.dumps(_plain(value), indent=2))
+
+
+def notice(message: str) -> None:
+    """Progress and notices go to stderr, so stdout stays clean for ``--json`` and pipes."""
+    err_console.print(f"[dim]{message}[/]")

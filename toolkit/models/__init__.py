@@ -1,0 +1,22 @@
+"""The paper's four architectures, built by name from one registry."""
+
+from toolkit.models.base import Classifier, WeightLayer
+from toolkit.models.registry import (
+    Architecture,
+    architecture_names,
+    architectures,
+    build_model,
+    create_model,
+    get_architecture,
+)
+
+__all__ = [
+    "Architecture",
+    "Classifier",
+    "WeightLayer",
+    "architecture_names",
+    "architectures",
+    "build_model",
+    "create_model",
+    "get_architecture",
+]

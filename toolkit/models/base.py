@@ -1,0 +1,90 @@
+"""What every rtk model shares: the classifier head, weight initialisation, and its weight
+layers in depth order (which the gradient analysis and the per-layer tables rely on)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+LayerKind = Literal["conv", "shortcut", "linear"]
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    """One layer that owns a weight matrix, named by its path in the module tree.
+
+    The name is the module's path (``stages.1.0.conv2``), so it matches the ``state_dict``
+    keys and stays stable across runs; ``depth`` counts the layers on the main path from the
+    input (1-based); a projection shortcut shares the depth of the conv where it rejoins.
+    """
+
+    name: str
+    kind: LayerKind
+    depth: int
+    params: int
+    module: nn.Module = field(repr=False, compare=False)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convolutions (fan-out, ReLU gain), BN to (1, 0), zero conv biases."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def weight_layers_of(model: nn.Module) -> list[WeightLayer]:
+    """Every conv and linear layer in registration order, which the models keep in depth order."""
+    layers: list[WeightLayer] = []
+    depth = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d | nn.Linear):
+            continue
+        is_shortcut = ".shortcut." in f".{name}."
+        kind: LayerKind = (
+            "shortcut" if is_shortcut else "linear" if isinstance(module, nn.Linear) else "conv"
+        )
+        if not is_shortcut:
+            depth += 1
+        params = sum(p.numel() for p in module.parameters())
+        layers.append(WeightLayer(name=name, kind=kind, depth=depth, params=params, module=module))
+    return layers
+
+
+class Classifier(nn.Module):
+    """Base of every rtk model: ``forward = forward_head(forward_features(x))``, as in timm.
+
+    Subclasses build their trunk, then call ``_finish(num_features, ...)``, which adds the
+    paper's head (global average pooling, dropout, linear) and initialises every weight.
+    """
+
+    num_features: int
+
+    def _finish(self, num_features: int, *, num_classes: int, dropout: float) -> None:
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(num_features, num_classes)
+        self.num_features = num_features
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional trunk: (N, 3, H, W) -> (N, C, H', W') before pooling."""
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool, dropout and classify a feature map into logits."""
+        return self.fc(self.dropout(torch.flatten(self.pool(features), 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def weight_layers(self) -> list[WeightLayer]:
+        """Every conv and linear layer, in depth order, with stable names."""
+        return weight_layers_of(self)
