@@ -1,0 +1,208 @@
+"""CIFAR-10 as uint8 tensors in memory: decoded once, cached in one file, split by seed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from toolkit.data import sources
+from toolkit.data.sources import DataSource
+from toolkit.errors import DataError
+from toolkit.fileio import atomic_path
+
+CACHE_VERSION = 1  # bump when the cache's layout changes, so old files are rebuilt
+DEFAULT_VAL_SIZE = 5_000
+DEFAULT_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (N, 3, 32, 32) uint8 in [0, 255] and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+    def subset(self, indices: torch.Tensor) -> Split:
+        return Split(self.images[indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The whole dataset as the source gave it: 50,000 training and 10,000 test images."""
+
+    classes: tuple[str, ...]
+    train: Split
+    test: Split
+    source: DataSource
+    cache_path: Path | None  # None when the cache directory could not be written
+    from_cache: bool
+    load_s: float
+
+    def split(
+        self, *, val_size: int = DEFAULT_VAL_SIZE, seed: int = DEFAULT_SPLIT_SEED
+    ) -> tuple[Split, Split]:
+        """Hold ``val_size`` training images out for validation, stratified by class.
+
+        The test split is never touched here: model selection only ever sees validation.
+        """
+        if val_size == 0:
+            return self.train, Split(self.train.images[:0], self.train.labels[:0])
+        if not 0 < val_size < len(self.train):
+            raise DataError(
+                f"validation size {val_size} must be between 0 and {len(self.train) - 1}"
+            )
+        indices = np.arange(len(self.train))
+        try:
+            train_idx, val_idx = train_test_split(
+                indices, test_size=val_size, random_state=seed, stratify=self.train.labels.numpy()
+            )
+        except ValueError as exc:  # too few images per class for a stratified split
+            raise DataError(f"cannot hold out {val_size} validation images: {exc}") from exc
+        # Sorted, so the split depends only on the seed, not on sklearn's internal order.
+        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+        return (
+            self.train.subset(torch.from_numpy(train_idx)),
+            self.train.subset(torch.from_numpy(val_idx)),
+        )
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("RTK_CACHE_DIR"):
+        return Path(os.environ["RTK_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rtk"
+
+
+def load_dataset(
+    data: Path | None = None,
+    *,
+    cache_dir: Path | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> Dataset:
+    """Find, decode (or load from the cache) and return the whole dataset.
+
+    The cache is one file per source, named by the source's path; it holds a fingerprint of
+    every source file's size and mtime and is rebuilt when that changes. It is written only
+    after the whole source decoded cleanly, and atomically.
+    """
+    start = time.perf_counter()
+    source = sources.locate(data, announce=announce)
+    key = hashlib.sha256(f"{source.format}:{source.path}".encode()).hexdigest()[:16]
+    cache_file = (cache_dir or default_cache_dir()) / f"cifar10-{key}.pt"
+    stamp = sources.fingerprint(source)
+    raw = _read_cache(cache_file, stamp)
+    from_cache = raw is not None
+    if raw is None:
+        raw = sources.read(source)
+        cached = _write_cache(cache_file, stamp, source, raw)
+    return Dataset(
+        classes=raw.classes,
+        train=Split(raw.train_images, raw.train_labels),
+        test=Split(raw.test_images, raw.test_labels),
+        source=source,
+        cache_path=cache_file if from_cache or cached else None,
+        from_cache=from_cache,
+        load_s=time.perf_counter() - start,
+    )
+
+
+def _read_cache(path: Path, stamp: str) -> sources.RawData | None:
+    if not path.is_file():
+        return None
+    try:
+        content = torch.load(path, weights_only=True, mmap=True)
+    except Exception:  # a truncated or foreign file is just a cache miss: rebuild it
+        return None
+    if content.get("version") != CACHE_VERSION or content.get("fingerprint") != stamp:
+        return None
+    return sources.RawData(
+        classes=tuple(content["classes"]),
+        train_images=content["train_images"],
+        train_labels=content["train_labels"],
+        test_images=content["test_images"],
+        test_labels=content["test_labels"],
+    )
+
+
+def _write_cache(path: Path, stamp: str, source: DataSource, raw: sources.RawData) -> bool:
+    content = {
+        "version": CACHE_VERSION,
+        "fingerprint": stamp,
+        "source": str(source.path),
+        "format": source.format,
+        "classes": list(raw.classes),
+        "train_images": raw.train_images,
+        "train_labels": raw.train_labels,
+        "test_images": raw.test_images,
+        "test_labels": raw.test_labels,
+    }
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(content, tmp)
+    except OSError:
+        return False  # an unwritable cache dir only costs the next run a decode
+    return True
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    name: str
+    train: int
+    val: int
+    test: int
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What ``rtk data info`` reports: where the data came from and what it holds."""
+
+    source: Path
+    format: str
+    cache_path: Path | None
+    from_cache: bool
+    load_s: float
+    val_size: int
+    split_seed: int
+    train: int
+    val: int
+    test: int
+    classes: list[ClassCount]
+
+
+def describe(dataset: Dataset, *, val_size: int, seed: int) -> DataInfo:
+    train, val = dataset.split(val_size=val_size, seed=seed)
+    k = len(dataset.classes)
+    counts = zip(
+        dataset.classes,
+        train.class_counts(k),
+        val.class_counts(k),
+        dataset.test.class_counts(k),
+        strict=True,
+    )
+    return DataInfo(
+        source=dataset.source.path,
+        format=dataset.source.format,
+        cache_path=dataset.cache_path,
+        from_cache=dataset.from_cache,
+        load_s=dataset.load_s,
+        val_size=val_size,
+        split_seed=seed,
+        train=len(train),
+        val=len(val),
+        test=len(dataset.test),
+        classes=[ClassCount(name, *c) for name, *c in counts],
+    )

@@ -1,0 +1,79 @@
+"""The training and evaluation iterator: the whole split lives on the device as one tensor.
+
+Each epoch is one seeded permutation, cut into batches that are augmented and normalised
+whole; nothing is decoded and no Python runs per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from toolkit.data.dataset import Split
+from toolkit.data.transforms import Augment, augment, normalize
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator that depends only on (seed, epoch), so a resumed run replays the same epoch."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class TensorLoader:
+    """Yields ``(images, labels)``: float32 (N, 3, 32, 32) in [-1, 1] and int64, on ``device``.
+
+    Iterating runs one epoch and then advances the epoch counter; ``set_epoch`` rewinds or
+    skips (for resuming), as ``DistributedSampler.set_epoch`` does.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        shuffle: bool = False,
+        augment: Augment | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.channels_last = channels_last
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = epoch_generator(self.seed, self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator).to(self.images.device) if self.shuffle else None
+        for index in range(len(self)):
+            start = index * self.batch_size
+            if order is None:
+                images = self.images[start : start + self.batch_size]
+                labels = self.labels[start : start + self.batch_size]
+            else:
+                batch = order[start : start + self.batch_size]
+                images, labels = self.images[batch], self.labels[batch]
+            x = augment(images, self.augment, generator) if self.augment else images
+            x = normalize(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, labels
+        self.epoch += 1
