@@ -1,13 +1,13 @@
 """CIFAR-10 for rtk: locate, decode once, cache, split, and iterate as device tensors."""
 
 from toolkit.data.dataset import (
-    DataInfo,
-    describe,
     DEFAULT_SPLIT_SEED,
     DEFAULT_VAL_SIZE,
+    DataInfo,
     Dataset,
     Split,
     default_cache_dir,
+    describe,
     load_dataset,
 )
 from toolkit.data.loader import TensorLoader, epoch_generator
@@ -21,8 +21,8 @@ __all__ = [
     "PAPER_AUGMENT",
     "STD",
     "Augment",
-    "DataSource",
     "DataInfo",
+    "DataSource",
     "Dataset",
     "Split",
     "TensorLoader",

@@ -62,7 +62,9 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = epoch_generator(self.seed, self.epoch)
         n = len(self.labels)
-        order = torch.randperm(n, generator=generator).to(self.images.device) if self.shuffle else None
+        order = (
+            torch.randperm(n, generator=generator).to(self.images.device) if self.shuffle else None
+        )
         for index in range(len(self)):
             start = index * self.batch_size
             if order is None:

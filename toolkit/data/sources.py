@@ -13,11 +13,11 @@ import multiprocessing
 import os
 import pickle
 import tarfile
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -32,8 +32,7 @@ _BATCH_DIR = "cifar-10-batches-py"
 _TARBALL = "cifar-10-python.tar.gz"
 _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _EXPECTED = (
-    "expected train/ and test/ with one folder per class, "
-    f"a {_BATCH_DIR}/ folder, or {_TARBALL}"
+    f"expected train/ and test/ with one folder per class, a {_BATCH_DIR}/ folder, or {_TARBALL}"
 )
 
 
@@ -143,7 +142,9 @@ def _source_stats(source: DataSource) -> Iterator[tuple[str, os.stat_result]]:
         for class_name, class_path in class_dirs:
             with os.scandir(class_path) as entries:
                 images = sorted(
-                    (e.name, e) for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                    (e.name, e)
+                    for e in entries
+                    if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
                 )
             for name, entry in images:
                 yield f"{split}/{class_name}/{name}", entry.stat()
@@ -173,15 +174,17 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickle the CIFAR batches without running arbitrary code: only numpy arrays and
     builtin containers are allowed, since that is all the official files hold."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
-        ("numpy", "dtype"),
-    }
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+            ("numpy", "dtype"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
