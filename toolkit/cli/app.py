@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from toolkit import __version__
 from toolkit.cli import data as data_cmd
 from toolkit.cli import models as models_cmd
+from toolkit.cli import train as train_cmd
 from toolkit.cli.output import err_console
 from toolkit.errors import RtkError
 
@@ -37,6 +38,17 @@ class RtkGroup(TyperGroup):
                 raise
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, typer.BadParameter, typer.TyperException):
+            raise
+        except Exception as exc:  # a bug in rtk: one line, the traceback on request
+            if _debug() or type(exc).__module__.startswith(("click", "typer")):
+                raise
+            err_console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                "(a bug in rtk; rerun with RTK_DEBUG=1 for the traceback and report it)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(
@@ -65,6 +77,7 @@ def _root(
 
 
 app.command("models")(models_cmd.models)
+app.command("train")(train_cmd.train)
 app.add_typer(data_cmd.app, name="data")
 
 

@@ -15,9 +15,10 @@ from toolkit.data.dataset import Split
 from toolkit.data.transforms import Augment, augment, normalize
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A generator that depends only on (seed, epoch), so a resumed run replays the same epoch."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+def epoch_generator(*key: int) -> torch.Generator:
+    """A generator that depends only on ``key`` (seed, epoch[, rank]), so a resumed run
+    replays the same epoch and every rank of a distributed run draws the same permutation."""
+    state = np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
@@ -25,7 +26,9 @@ class TensorLoader:
     """Yields ``(images, labels)``: float32 (N, 3, 32, 32) in [-1, 1] and int64, on ``device``.
 
     Iterating runs one epoch and then advances the epoch counter; ``set_epoch`` rewinds or
-    skips (for resuming), as ``DistributedSampler.set_epoch`` does.
+    skips (for resuming), as ``DistributedSampler.set_epoch`` does. With ``world_size > 1``
+    every rank draws the same permutation and takes every ``world_size``-th image from
+    ``rank`` on, truncated so that all ranks run the same number of batches.
     """
 
     def __init__(
@@ -39,6 +42,8 @@ class TensorLoader:
         seed: int = 0,
         channels_last: bool = False,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -50,21 +55,33 @@ class TensorLoader:
         self.seed = seed
         self.channels_last = channels_last
         self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def num_images(self) -> int:
+        """Images this rank sees per epoch."""
+        return len(self.labels) // self.world_size
+
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self.num_images
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = epoch_generator(self.seed, self.epoch)
         n = len(self.labels)
-        order = (
-            torch.randperm(n, generator=generator).to(self.images.device) if self.shuffle else None
-        )
+        order = None
+        if self.shuffle:
+            order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch))
+        if self.world_size > 1:
+            order = (torch.arange(n) if order is None else order)[self.rank :: self.world_size]
+            order = order[: self.num_images]
+        if order is not None:
+            order = order.to(self.images.device)
+        generator = epoch_generator(self.seed, self.epoch, self.rank)
         for index in range(len(self)):
             start = index * self.batch_size
             if order is None:

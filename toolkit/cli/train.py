@@ -1,0 +1,198 @@
+"""``rtk train``: the paper's training runs, resumable and observable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from toolkit.cli.output import console, err_console, notice, print_json
+
+
+class RichObserver:
+    """A progress bar per epoch and one summary line per finished epoch."""
+
+    def __init__(self, out: Console, *, progress: bool) -> None:
+        self.out = out
+        self.show_progress = progress
+        self.progress: Progress | None = None
+        self.task = 0
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        if not self.show_progress:
+            return
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=batches, stats="")
+
+    def batch_progress(self, done: int, loss: float, acc: float, images_per_s: float) -> None:
+        if self.progress is not None:
+            stats = f"loss {loss:.3f}  acc {acc:.3f}  {images_per_s:,.0f} img/s"
+            self.progress.update(self.task, completed=done, stats=stats)
+
+    def epoch_end(self, record: object) -> None:
+        from toolkit.training import EpochRecord
+
+        assert isinstance(record, EpochRecord)
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        val = (
+            f"val loss {record.val_loss:.4f} acc {record.val_acc:.4f}"
+            if record.val_loss is not None and record.val_acc is not None
+            else "no validation"
+        )
+        self.out.print(
+            f"epoch {record.epoch:>3}  train loss {record.train_loss:.4f} acc "
+            f"{record.train_acc:.4f}  {val}  lr {record.lr:.2e}  {record.epoch_s:.1f} s  "
+            f"{record.images_per_s:,.0f} img/s"
+        )
+
+
+def _launch_torchrun(nproc: int, name: str) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
+    args = sys.argv[1:]
+    cleaned: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        cleaned.append(arg)
+    if "--name" not in cleaned:
+        cleaned += ["--name", name]  # every rank must agree on the run directory
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "toolkit",
+        *cleaned,
+    ]
+    return subprocess.run(command, check=False).returncode
+
+
+def train(
+    archs: list[str] = typer.Argument(
+        None, help="Architectures to train (see `rtk models`), or `all`.", show_default=False
+    ),
+    recipe: str = typer.Option("paper", help="paper (Adam, plateau, early stop) or sgd."),
+    epochs: int | None = typer.Option(None, help="Maximum epochs [recipe]."),
+    batch_size: int | None = typer.Option(None, help="Batch size per process [recipe: 64]."),
+    lr: float | None = typer.Option(None, help="Initial learning rate [recipe]."),
+    momentum: float | None = typer.Option(None, help="SGD momentum [0.9]."),
+    weight_decay: float | None = typer.Option(None, help="Weight decay [0]."),
+    patience: int | None = typer.Option(
+        None, help="Early-stopping patience in epochs, 0 = off [recipe]."
+    ),
+    plateau_patience: int | None = typer.Option(None, help="ReduceLROnPlateau patience [3]."),
+    plateau_factor: float | None = typer.Option(None, help="ReduceLROnPlateau factor [0.2]."),
+    dropout: float | None = typer.Option(None, help="Dropout before the classifier [0.5]."),
+    translate: int | None = typer.Option(None, help="Random shift in pixels, 0 = off [0]."),
+    seed: int = typer.Option(0, help="Seed of weights, shuffling, augmentation and dropout."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    channels_last: bool = typer.Option(False, help="Use channels_last memory format."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    amp: bool = typer.Option(False, help="Mixed precision (CUDA only: bf16, else fp16)."),
+    train_subset: int | None = typer.Option(None, help="Train on N images, for quick runs."),
+    val_size: int = typer.Option(5000, help="Training images held out for validation."),
+    data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
+    out: Path = typer.Option(Path("runs"), help="Parent folder of run directories."),
+    name: str | None = typer.Option(None, help="Run directory name [ARCH-DATE-TIME]."),
+    resume: Path | None = typer.Option(None, help="Continue the run in this directory."),
+    nproc: int = typer.Option(1, help="Processes on this machine (DDP through torchrun)."),
+    quiet: bool = typer.Option(False, help="No progress bars or epoch lines."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Train architectures with the paper's recipe (or --recipe sgd); test the best weights."""
+    from toolkit.models import architecture_names, get_architecture
+    from toolkit.training import ConfigError, default_run_name, make_config
+
+    archs = archs or []
+    if resume is None and not archs:
+        raise ConfigError("name an architecture to train (or `all`), or pass --resume RUN_DIR")
+    if resume is not None and archs:
+        raise ConfigError("--resume continues the run's own architecture; name none")
+    names = architecture_names() if archs == ["all"] else [get_architecture(a).name for a in archs]
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if nproc > 1:
+        if len(names) != 1:
+            raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
+        raise typer.Exit(_launch_torchrun(nproc, name or default_run_name(names[0])))
+
+    overrides = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "patience": patience,
+        "plateau_patience": plateau_patience,
+        "plateau_factor": plateau_factor,
+        "dropout": dropout,
+        "translate": translate,
+        "seed": seed,
+        "device": device,
+        "channels_last": channels_last,
+        "compile": compile_model,
+        "amp": amp,
+        "train_subset": train_subset,
+        "val_size": val_size,
+    }
+    from toolkit.data import load_dataset
+    from toolkit.training import Trainer, resume_config
+
+    if resume is not None:
+        jobs = [(resume_config(resume, epochs=epochs), resume)]
+    else:
+        jobs = []
+        for arch in names:
+            run_name = name if len(names) == 1 else (f"{name}-{arch}" if name else None)
+            config = make_config(arch, recipe, **overrides)
+            jobs.append((config, out / (run_name or default_run_name(arch))))
+    dataset = load_dataset(data, announce=notice)
+    out_console = err_console if as_json else console
+    summaries = []
+    for config, run_path in jobs:
+        observer = None if quiet else RichObserver(out_console, progress=True)
+        trainer = Trainer(config, dataset, run_path, observer=observer, resume=resume is not None)
+        main_rank = trainer.world.is_main
+        if main_rank and not quiet:
+            where = f", resuming after epoch {trainer.epoch}" if resume is not None else ""
+            out_console.print(
+                f"[bold]{config.arch}[/] -> {run_path}  ({config.recipe} recipe, "
+                f"{trainer.device}, {trainer.world.size} process(es), effective batch "
+                f"{config.batch_size * trainer.world.size}{where})"
+            )
+        result = trainer.run()
+        summaries.append(result.summary())
+        if main_rank and not as_json:
+            console.print(
+                f"[bold green]{result.arch}[/]: test accuracy {result.test_acc:.2%} "
+                f"(loss {result.test_loss:.4f}, {result.test_images:,} images) with the weights "
+                f"of epoch {result.best_epoch}; {result.epochs_run} epochs, "
+                f"{result.train_s / 60:.1f} min{' (early stop)' if result.stopped_early else ''}"
+                f"  -> {result.run_dir}"
+            )
+    if as_json and (not summaries or trainer.world.is_main):
+        print_json(summaries if len(summaries) > 1 else summaries[0])
