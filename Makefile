@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# The main job, grown as the toolkit grows: data check, model table, a short real training run.
 demo: install
 	$(RTK) data info
 	$(RTK) models
+	$(RTK) train baseline-cnn --epochs 2 --train-subset 5000
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -36,7 +38,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=5
 
 bench: install
 	$(PY) benchmarks/input_pipeline.py

@@ -141,7 +141,7 @@ class RunDir:
         with (self.path / "history.jsonl").open("a") as handle:
             handle.write(json.dumps(dataclasses.asdict(record)) + "\n")
         csv_path = self.path / "history.csv"
-        header = csv_path.stat().st_size == 0
+        header = not csv_path.is_file() or csv_path.stat().st_size == 0
         with csv_path.open("a", newline="") as handle:
             writer = csv.writer(handle)
             if header:
