@@ -254,3 +254,26 @@ def test_two_process_ddp_run(imagefolder: Path, tmp_path: Path):
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["world_size"] == 2
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_resume_refuses_changed_settings_and_finished_runs(imagefolder: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    data = ["--data", str(imagefolder)]
+    base = ["train", "baseline-cnn", "--epochs", "1", "--val-size", "50", "--quiet", *data]
+    runner = CliRunner()
+    assert runner.invoke(app, [*base, "--out", str(tmp_path), "--name", "r"]).exit_code == 0
+    run = str(tmp_path / "r")
+    cases = {
+        ("--lr", "0.5"): "only --epochs may change (got --lr)",
+        (): "already trained all 1 epochs",
+    }
+    for extra, message in cases.items():
+        result = runner.invoke(app, ["train", "--resume", run, *extra, *data])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    again = runner.invoke(app, [*base, "--out", str(tmp_path), "--name", "r", "--nproc", "2"])
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    more = runner.invoke(app, ["train", "--resume", run, "--epochs", "2", "--json", *data])
+    assert more.exit_code == 0 and json.loads(more.stdout)["epochs_run"] == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -61,41 +60,49 @@ class RichObserver:
         )
 
 
-def _launch_torchrun(nproc: int, name: str) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
+def _launch_torchrun(nproc: int, run_path: Path) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine.
+
+    torchrun runs in this process, so a failed rank becomes its own exit code and one line
+    (the rank printed its error already), not torchrun's traceback.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    from toolkit.training import RunDir
+
+    RunDir.check_new(run_path)  # fail here, once, rather than in rank 0 under torchrun
     args = sys.argv[1:]
     cleaned: list[str] = []
     skip = False
     for arg in args:
         if skip:
             skip = False
-            continue
-        if arg == "--nproc":
+        elif arg == "--nproc":
             skip = True
-            continue
-        if arg.startswith("--nproc="):
-            continue
-        cleaned.append(arg)
+        elif not arg.startswith("--nproc="):
+            cleaned.append(arg)
     if "--name" not in cleaned:
-        cleaned += ["--name", name]  # every rank must agree on the run directory
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "toolkit",
-        *cleaned,
-    ]
-    return subprocess.run(command, check=False).returncode
+        cleaned += ["--name", run_path.name]  # every rank must agree on the run directory
+    launch = ["--standalone", f"--nproc-per-node={nproc}", "-m", "toolkit", *cleaned]
+    try:
+        run(get_args_parser().parse_args(launch))
+    except ChildFailedError as exc:
+        codes = [failure.exitcode for failure in exc.failures.values()]
+        return next((code for code in codes if code > 0), 1)
+    except (SignalException, KeyboardInterrupt):
+        return 130
+    return 0
 
 
 def train(
     archs: list[str] = typer.Argument(
         None, help="Architectures to train (see `rtk models`), or `all`.", show_default=False
     ),
-    recipe: str = typer.Option("paper", help="paper (Adam, plateau, early stop) or sgd."),
+    recipe: str | None = typer.Option(
+        None, help="paper (Adam, plateau, early stop) or sgd [paper]."
+    ),
     epochs: int | None = typer.Option(None, help="Maximum epochs [recipe]."),
     batch_size: int | None = typer.Option(None, help="Batch size per process [recipe: 64]."),
     lr: float | None = typer.Option(None, help="Initial learning rate [recipe]."),
@@ -108,13 +115,13 @@ def train(
     plateau_factor: float | None = typer.Option(None, help="ReduceLROnPlateau factor [0.2]."),
     dropout: float | None = typer.Option(None, help="Dropout before the classifier [0.5]."),
     translate: int | None = typer.Option(None, help="Random shift in pixels, 0 = off [0]."),
-    seed: int = typer.Option(0, help="Seed of weights, shuffling, augmentation and dropout."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    channels_last: bool = typer.Option(False, help="Use channels_last memory format."),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    amp: bool = typer.Option(False, help="Mixed precision (CUDA only: bf16, else fp16)."),
+    seed: int | None = typer.Option(None, help="Seed of weights, order, augmentation [0]."),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda [auto]."),
+    channels_last: bool | None = typer.Option(None, help="channels_last memory format [no]."),
+    compile_model: bool | None = typer.Option(None, "--compile", help="torch.compile the model."),
+    amp: bool | None = typer.Option(None, help="Mixed precision (CUDA only: bf16, else fp16)."),
     train_subset: int | None = typer.Option(None, help="Train on N images, for quick runs."),
-    val_size: int = typer.Option(5000, help="Training images held out for validation."),
+    val_size: int | None = typer.Option(None, help="Training images held out [5000]."),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
     out: Path = typer.Option(Path("runs"), help="Parent folder of run directories."),
     name: str | None = typer.Option(None, help="Run directory name [ARCH-DATE-TIME]."),
@@ -138,7 +145,7 @@ def train(
     if nproc > 1:
         if len(names) != 1:
             raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
-        raise typer.Exit(_launch_torchrun(nproc, name or default_run_name(names[0])))
+        raise typer.Exit(_launch_torchrun(nproc, out / (name or default_run_name(names[0]))))
 
     overrides = {
         "epochs": epochs,
@@ -163,12 +170,21 @@ def train(
     from toolkit.training import Trainer, resume_config
 
     if resume is not None:
+        given = [
+            k for k, v in {**overrides, "recipe": recipe, "name": name}.items() if v is not None
+        ]
+        if [k for k in given if k != "epochs"]:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given if k != "epochs")
+            raise ConfigError(
+                f"--resume continues a run with its own settings; only --epochs may change "
+                f"(got {flags})"
+            )
         jobs = [(resume_config(resume, epochs=epochs), resume)]
     else:
         jobs = []
         for arch in names:
             run_name = name if len(names) == 1 else (f"{name}-{arch}" if name else None)
-            config = make_config(arch, recipe, **overrides)
+            config = make_config(arch, recipe or "paper", **overrides)
             jobs.append((config, out / (run_name or default_run_name(arch))))
     dataset = load_dataset(data, announce=notice)
     out_console = err_console if as_json else console

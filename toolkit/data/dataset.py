@@ -153,8 +153,8 @@ def _write_cache(path: Path, stamp: str, source: DataSource, raw: sources.RawDat
     try:
         with atomic_path(path) as tmp:
             torch.save(content, tmp)
-    except OSError:
-        return False  # an unwritable cache dir only costs the next run a decode
+    except (OSError, RuntimeError):  # torch.save reports a full disk as RuntimeError
+        return False  # an unwritable cache only costs the next run a decode
     return True
 
 

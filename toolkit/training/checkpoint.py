@@ -45,8 +45,14 @@ def describe_model(
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        raise CheckpointError(
+            f"cannot write checkpoint {path} ({exc}); the previous one is intact: "
+            "free disk space and resume"
+        ) from exc
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

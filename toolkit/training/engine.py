@@ -95,7 +95,12 @@ def resume_config(run_path: Path, *, epochs: int | None = None) -> TrainConfig:
     settings["milestones"] = tuple(settings.get("milestones", ()))
     if epochs is not None:
         settings["epochs"] = epochs
-    return TrainConfig(**settings).validate()
+    try:
+        return TrainConfig(**settings).validate()
+    except TypeError as exc:
+        raise ConfigError(
+            f"{run_path}/last.pt has settings this rtk does not know ({exc})"
+        ) from exc
 
 
 def resolve_device(requested: str) -> str:
@@ -282,6 +287,7 @@ class Trainer:
             config=self.config.to_dict(),
             metrics=asdict(self.history[-1]) if self.history else {},
             best_epoch=self.best_epoch,
+            data=self._data_facts(),
         )
         if full:
             payload.update(
@@ -306,6 +312,13 @@ class Trainer:
         if payload.get("arch") != self.arch.name or "optimizer" not in payload:
             raise ConfigError(
                 f"{self.rundir.path / 'last.pt'} is not a resumable {self.arch.name} checkpoint"
+            )
+        stored, current = payload.get("data", {}), self._data_facts()
+        if stored and stored != current:
+            raise ConfigError(
+                f"{self.rundir.path} was trained on {stored.get('source')} "
+                f"({stored.get('train_images')} training images); this data is "
+                f"{current['source']} ({current['train_images']}): pass the run's own --data"
             )
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -335,6 +348,12 @@ class Trainer:
                 save_checkpoint(self.rundir.path / "last.pt", self._payload(full=True))
             self.rundir.write_history(self.history)
         stopped_early = self.bad_epochs >= c.patience > 0
+        if self.epoch and (stopped_early or self.epoch >= c.epochs):
+            why = "stopped early" if stopped_early else f"trained all {c.epochs} epochs"
+            raise ConfigError(
+                f"{self.rundir.path} already {why} (epoch {self.epoch}); nothing to resume"
+                + ("" if stopped_early else ": pass a larger --epochs to train further")
+            )
         with _interrupt_as_error(self.rundir):
             while self.epoch < c.epochs and not stopped_early:
                 record = self._train_epoch()
@@ -377,7 +396,8 @@ class Trainer:
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
             if (index + 1) % PROGRESS_EVERY == 0 or index + 1 == len(loader):
-                mean_loss = loss_sum.item() / seen
+                # Rank 0's loss decides for all ranks, so no rank stops alone and deadlocks.
+                mean_loss = distributed.broadcast_object(self.world, loss_sum.item() / seen)
                 if not math.isfinite(mean_loss):
                     raise NonFiniteLossError(
                         f"the training loss became {mean_loss} in epoch {epoch} (batch "
@@ -417,6 +437,8 @@ class Trainer:
         self.history.append(record)
         self.train_s += record.epoch_s
         monitored = record.val_loss if record.val_loss is not None else record.train_loss
+        # Rank 0's value drives the schedule and early stopping on every rank.
+        monitored = distributed.broadcast_object(self.world, monitored)
         if not math.isfinite(monitored):
             raise NonFiniteLossError(
                 f"the validation loss became {monitored} in epoch {record.epoch}; the run "
@@ -460,4 +482,5 @@ class Trainer:
         )
         if self.world.is_main:
             self.rundir.write_metrics(result)
+        distributed.shutdown(self.world)
         return result

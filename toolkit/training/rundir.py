@@ -82,14 +82,24 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    @classmethod
-    def create(cls, path: Path) -> RunDir:
-        if path.exists() and any(path.iterdir()):
+    @staticmethod
+    def check_new(path: Path) -> None:
+        """Fail unless ``path`` can become a new run directory."""
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path} is a file, not a run directory; pick another --name")
+        if path.is_dir() and any(path.iterdir()):
             raise RunDirError(
                 f"run directory {path} already exists; pick another --name or "
                 f"continue it with --resume {path}"
             )
-        path.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def create(cls, path: Path) -> RunDir:
+        cls.check_new(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {path} ({exc.strerror})") from exc
         return cls(path)
 
     @classmethod
