@@ -114,7 +114,10 @@ def download(root: Path, *, announce: Callable[[str], None] | None = None) -> Da
 
 
 def fingerprint(source: DataSource) -> str:
-    """A hash of every file's path, size and mtime: it changes whenever the source does.
+    """A hash of every file's path, size, mtime and ctime: it changes whenever the source does.
+
+    ctime is in it because ``cp -p`` and ``tar`` restore a replaced file's mtime (and the
+    official batches all have one size), but nothing can set ctime back.
 
     Built from ``os.scandir`` entries rather than ``Path`` objects: it runs on every cached
     load, over 60,000 files, and must stay a small part of a sub-second load.
@@ -122,7 +125,7 @@ def fingerprint(source: DataSource) -> str:
     digest = hashlib.sha256(f"{source.format}:{source.path}".encode())
     try:
         for name, stat in _source_stats(source):
-            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns};".encode())
     except OSError as exc:
         raise DataError(f"cannot read {exc.filename} ({exc.strerror}); check the file") from exc
     return digest.hexdigest()

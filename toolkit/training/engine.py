@@ -341,6 +341,7 @@ class Trainer:
     def run(self) -> TrainResult:
         c = self.config
         if self.world.is_main:
+            (self.rundir.path / "metrics.json").unlink(missing_ok=True)  # stale while training
             self.rundir.write_config(
                 c, device=str(self.device), world_size=self.world.size, data=self._data_facts()
             )
