@@ -38,7 +38,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
-	$(PY) -m pytest -q --durations=5
+	$(PY) -m pytest -q -n 2 --durations=5
 
 bench: install
 	$(PY) benchmarks/input_pipeline.py

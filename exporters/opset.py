@@ -27,7 +27,10 @@ def _runtime_loads(opset: int) -> bool:
         [value],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    # The oldest IR version that can hold this opset: the probe asks about the opset only.
+    ir_version = helper.find_min_ir_version_for(opsets)
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
     try:
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception:  # ORT's Fail: "opset ... is under development / not supported"

@@ -6,6 +6,7 @@ a traceback is shown only with ``RTK_DEBUG=1``.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ from typer.core import TyperGroup
 
 from toolkit import __version__
 from toolkit.cli import data as data_cmd
+from toolkit.cli import export as export_cmd
 from toolkit.cli import models as models_cmd
 from toolkit.cli import train as train_cmd
 from toolkit.cli.output import err_console
@@ -74,10 +76,16 @@ def _root(
     ),
 ) -> None:
     """rtk, the residual-learning toolkit: train, export, benchmark and analyse CIFAR CNNs."""
+    # onnxscript warns on every export that it hands the opset conversion to the onnx C API;
+    # that is expected here, and the CLI keeps the terminal for rtk's own output.
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)
 
 
 app.command("models")(models_cmd.models)
 app.command("train")(train_cmd.train)
+app.command("export")(export_cmd.export)
+app.command("predict")(export_cmd.predict)
+app.command("view")(export_cmd.view)
 app.add_typer(data_cmd.app, name="data")
 
 

@@ -1,0 +1,137 @@
+"""Classify image files with an exported model, fed as its metadata says."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from exporters.errors import ExportError, MetadataError
+from exporters.runtime import Provider, create_session
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    arch: str | None
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    input_size: list[int]  # C, H, W
+    precision: str | None
+
+
+@dataclass(frozen=True)
+class Guess:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image: Path
+    original_size: tuple[int, int]  # width, height
+    resized: bool
+    top: list[Guess]
+
+
+def read_meta(
+    props: dict[str, str],
+    input_shape: list[object],
+    *,
+    classes: list[str] | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> ModelMeta:
+    """The model's own metadata, with the caller's overrides; a clear error when neither."""
+    norm = json.loads(props["rtk.normalization"]) if "rtk.normalization" in props else {}
+    meta_classes = json.loads(props["rtk.classes"]) if "rtk.classes" in props else None
+    chosen_classes = classes or meta_classes
+    chosen_mean = mean or norm.get("mean")
+    chosen_std = std or norm.get("std")
+    missing = [
+        flag
+        for flag, value in (
+            ("--classes", chosen_classes),
+            ("--mean", chosen_mean),
+            ("--std", chosen_std),
+        )
+        if not value
+    ]
+    if missing:
+        raise MetadataError(
+            f"the model carries no rtk metadata for {', '.join(missing)}; pass them, "
+            "for example --classes cat,dog --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5"
+        )
+    assert chosen_classes and chosen_mean and chosen_std
+    size = [d if isinstance(d, int) else None for d in input_shape[1:]]
+    if len(size) != 3 or any(d is None for d in size):
+        size = json.loads(props.get("rtk.input_size", "[3, 32, 32]"))
+    return ModelMeta(
+        arch=props.get("rtk.arch"),
+        classes=list(chosen_classes),
+        mean=[float(v) for v in chosen_mean],
+        std=[float(v) for v in chosen_std],
+        input_size=[int(d) for d in size],  # type: ignore[arg-type]
+        precision=props.get("rtk.precision"),
+    )
+
+
+def _load_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], bool]:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except FileNotFoundError as exc:
+        raise ExportError(f"image {path} does not exist") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ExportError(f"cannot read image {path} ({exc}); use a PNG or JPEG file") from exc
+    original = rgb.size
+    resized = original != size
+    if resized:
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.float32) / 255.0, original, resized
+
+
+def predict(
+    model: Path,
+    images: list[Path],
+    *,
+    top_k: int = 3,
+    provider: Provider = "cpu",
+    classes: list[str] | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> tuple[ModelMeta, list[Prediction]]:
+    if not model.is_file():
+        raise ExportError(f"model {model} does not exist")
+    session, _ = create_session(model, provider)
+    props = dict(session.get_modelmeta().custom_metadata_map)  # type: ignore[attr-defined]
+    inputs = session.get_inputs()  # type: ignore[attr-defined]
+    meta = read_meta(props, list(inputs[0].shape), classes=classes, mean=mean, std=std)
+    channels, height, width = meta.input_size
+    if channels != 3:
+        raise ExportError(f"{model} takes {channels}-channel input; rtk predict feeds RGB images")
+    mean_a = np.array(meta.mean, dtype=np.float32)
+    std_a = np.array(meta.std, dtype=np.float32)
+    loaded = [_load_image(path, (width, height)) for path in images]
+    batch = np.stack([(pixels - mean_a) / std_a for pixels, _, _ in loaded]).transpose(0, 3, 1, 2)
+    try:
+        logits = session.run(None, {inputs[0].name: np.ascontiguousarray(batch)})[0]  # type: ignore[attr-defined]
+    except Exception as exc:  # ORT's InvalidArgument for a shape the model does not take
+        first = str(exc).strip().splitlines()[0]
+        raise ExportError(f"{model} cannot take these images: {first}") from exc
+    if logits.shape[1] != len(meta.classes):
+        raise MetadataError(
+            f"{model} gives {logits.shape[1]} outputs but {len(meta.classes)} class names"
+        )
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities = shifted / shifted.sum(1, keepdims=True)
+    predictions = []
+    for path, (_, original, resized), probs in zip(images, loaded, probabilities, strict=True):
+        order = np.argsort(-probs)[: max(1, top_k)]
+        top = [Guess(meta.classes[i], float(probs[i])) for i in order]
+        predictions.append(Prediction(path, original, resized, top))
+    return meta, predictions

@@ -1,0 +1,313 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from exporters import validate
+from exporters.convert import export_onnx, file_sha256
+from exporters.errors import ExportError, MetadataError
+from exporters.opset import opset_support
+from exporters.predict import predict
+from exporters.runtime import ProviderUnavailableError, create_session
+from exporters.view import free_port, serve
+from tests.conftest import CLASSES
+from toolkit.cli import app
+from toolkit.data import Dataset, load_dataset
+from toolkit.models import architecture_names, get_architecture
+from toolkit.training import save_checkpoint
+from toolkit.training.checkpoint import describe_model
+
+PARITY = 50  # the tiny test split's size
+
+
+@pytest.fixture
+def dataset(imagefolder: Path) -> Dataset:
+    return load_dataset(imagefolder)
+
+
+def write_checkpoint(folder: Path, arch_name: str) -> Path:
+    """A real rtk checkpoint of a freshly initialised model (export does not need training)."""
+    torch.manual_seed(0)
+    arch = get_architecture(arch_name)
+    payload = describe_model(
+        arch=arch.name,
+        model_class=arch.model_class,
+        model_kwargs=dict(arch.kwargs),
+        classes=list(CLASSES),
+    )
+    payload.update(epoch=1, state_dict=arch.build().state_dict(), metrics={"val_acc": 0.1})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / "best.pt", payload)
+    (folder / "metrics.json").write_text(json.dumps({"test_acc": 0.125}))
+    return folder
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("arch", architecture_names())
+def test_export_and_validate_every_architecture(arch: str, dataset: Dataset, tmp_path: Path):
+    run = write_checkpoint(tmp_path / arch, arch)
+    (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
+    assert result.onnx_path == run / "model.onnx" and result.precision == "fp32"
+    assert result.opset == opset_support().default
+    assert result.parity.images == PARITY and result.parity.agreement == 1.0
+    assert result.parity.max_abs_diff <= validate.FP32_TOLERANCE
+    model = onnx.load(str(result.onnx_path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    # Metadata round trip: the file describes itself.
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["rtk.arch"] == arch
+    assert json.loads(props["rtk.classes"])[3] == "cat"
+    assert json.loads(props["rtk.normalization"])["std"] == [0.5, 0.5, 0.5]
+    assert json.loads(props["rtk.input_size"]) == [3, 32, 32]
+    assert json.loads(props["rtk.test_acc"]) == 0.125
+    assert props["rtk.checkpoint_sha256"] == file_sha256(run / "best.pt")
+    # The batch dimension is dynamic and works at sizes nobody traced.
+    session, info = create_session(result.onnx_path, "cpu")
+    assert info.running == "CPUExecutionProvider"
+    for batch in (1, 37):
+        x = np.random.default_rng(batch).uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
+        assert session.run(None, {"input": x})[0].shape == (batch, 10)
+
+
+def test_fp16_and_int8_copies(dataset: Dataset, tmp_path: Path):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    results = export_onnx(
+        run, dataset=dataset, fp16=True, int8=True, calib_images=64, parity_images=PARITY
+    )
+    by = {r.precision: r for r in results}
+    assert set(by) == {"fp32", "fp16", "int8"}
+    assert by["fp16"].size_bytes < 0.6 * by["fp32"].size_bytes
+    assert by["int8"].size_bytes < 0.35 * by["fp32"].size_bytes
+    int8 = onnx.load(str(by["int8"].onnx_path))
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)  # QDQ format
+    assert {p.key: p.value for p in int8.metadata_props}["rtk.precision"] == "int8"
+    assert by["fp16"].parity.agreement >= 0.98
+    for r in results:  # every copy takes float32 input and a dynamic batch
+        session, _ = create_session(r.onnx_path, "cpu")
+        x = np.zeros((37, 3, 32, 32), dtype=np.float32)
+        assert session.run(None, {"input": x})[0].shape == (37, 10)
+
+
+def test_failed_validation_leaves_no_file(
+    dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    monkeypatch.setattr(validate, "INT8_MAX_DROP", -1.0)  # no INT8 copy can pass now
+    with pytest.raises(ExportError, match=r"model.int8.onnx failed validation: INT8 accuracy"):
+        export_onnx(run, dataset=dataset, int8=True, calib_images=32, parity_images=PARITY)
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["best.pt", "metrics.json", "model.onnx"]  # fp32 passed; nothing else
+
+
+def test_cuda_and_tensorrt_are_refused_here(dataset: Dataset, tmp_path: Path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
+    for provider, library in (("cuda", "libcu"), ("tensorrt", "libnvinfer")):
+        with pytest.raises(ProviderUnavailableError) as info:
+            create_session(result.onnx_path, provider)  # type: ignore[arg-type]
+        message = str(info.value)
+        assert f"asked for {provider}" in message and "CPUExecutionProvider" in message
+        assert library in message  # ORT's own reason, quoted
+
+
+def test_predict_real_images_and_metadata(dataset: Dataset, imagefolder: Path, tmp_path: Path):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
+    real = sorted((imagefolder / "test" / "ship").iterdir())[0]
+    big = tmp_path / "big.png"
+    Image.open(real).resize((96, 64)).save(big)
+    meta, predictions = predict(result.onnx_path, [real, big], top_k=3)
+    assert meta.arch == "baseline-cnn" and meta.classes[8] == "ship"
+    assert [p.resized for p in predictions] == [False, True]
+    assert predictions[1].original_size == (96, 64)
+    for p in predictions:
+        assert len(p.top) == 3 and p.top[0].probability >= p.top[1].probability
+        assert 0 < sum(g.probability for g in p.top) <= 1 + 1e-6
+    # The probabilities are the model's own: softmax of PyTorch's logits on the same pixels.
+    model = torch.load(run / "best.pt", weights_only=True)
+    from toolkit.training import model_from_checkpoint
+
+    net = model_from_checkpoint(model).eval()
+    pixels = torch.from_numpy(np.array(Image.open(real).convert("RGB"))).permute(2, 0, 1)
+    with torch.no_grad():
+        probs = torch.softmax(net(((pixels / 255 - 0.5) / 0.5)[None].float()), 1)[0]
+    assert predictions[0].top[0].label == meta.classes[int(probs.argmax())]
+    assert predictions[0].top[0].probability == pytest.approx(float(probs.max()), abs=1e-5)
+
+    out = run_cli("predict", str(result.onnx_path), str(real), "--json")
+    assert out.exit_code == 0 and json.loads(out.stdout)["predictions"][0]["top"][0]["label"]
+
+
+def _bare_model(path: Path, channels: int = 3) -> Path:
+    """An ONNX classifier made without rtk: no metadata; GAP + Gemm over `channels` inputs."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [channels, 4], [0.1] * channels * 4)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("MatMul", ["f", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "bare", [x], [y], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_predict_without_metadata_needs_flags(imagefolder: Path, tmp_path: Path):
+    bare = _bare_model(tmp_path / "bare.onnx")
+    image = sorted((imagefolder / "test" / "cat").iterdir())[0]
+    with pytest.raises(MetadataError, match="--classes, --mean, --std"):
+        predict(bare, [image])
+    _, predictions = predict(
+        bare, [image], classes=["a", "b", "c", "d"], mean=[0.5] * 3, std=[0.5] * 3, top_k=2
+    )
+    assert len(predictions[0].top) == 2
+    result = run_cli("predict", str(bare), str(image))
+    assert result.exit_code == 2 and "--classes" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("corrupt-onnx", "ONNX Runtime cannot load"),
+        ("wrong-input", "takes 1-channel input"),
+        ("bad-image", "cannot read image"),
+        ("missing-image", "does not exist"),
+        ("cuda", "asked for cuda"),
+    ],
+)
+def test_predict_faults_are_one_line_exit_2(
+    case: str, message: str, imagefolder: Path, tmp_path: Path
+):
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    image = sorted((imagefolder / "test" / "cat").iterdir())[0]
+    model = _bare_model(tmp_path / "m.onnx", channels=1 if case == "wrong-input" else 3)
+    args = [str(model), str(image), "--classes", "a,b,c,d", "--mean", "0,0,0", "--std", "1,1,1"]
+    if case == "corrupt-onnx":
+        model.write_bytes(model.read_bytes()[:40])
+    elif case == "bad-image":
+        (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
+        args[1] = str(tmp_path / "x.png")
+    elif case == "missing-image":
+        args[1] = str(tmp_path / "nope.jpg")
+    elif case == "cuda":
+        args += ["--provider", "cuda"]
+    result = run_cli("predict", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_export_cli_faults(dataset: Dataset, imagefolder: Path, tmp_path: Path):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    data = ["--data", str(imagefolder), "--parity-images", str(PARITY)]
+    too_new = opset_support().default + 1
+    cases = {
+        ("--opset", str(too_new)): f"opset {too_new} is outside",
+        ("--runs", str(tmp_path / "empty")): "no run with a best.pt",
+    }
+    for extra, message in cases.items():
+        targets = [] if "--runs" in extra else [str(run)]
+        result = run_cli("export", *targets, "--onnx", *extra, *data)
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes((run / "best.pt").read_bytes()[:3000])
+    result = run_cli("export", str(truncated), "--onnx", *data)
+    assert result.exit_code == 2 and "truncated or corrupt" in result.stderr
+    assert not list(tmp_path.glob("*.onnx"))
+    good = run_cli("export", "--onnx", "--runs", str(tmp_path), "--json", *data)
+    assert good.exit_code == 0, good.stderr
+    assert json.loads(good.stdout)[0]["parity"]["agreement"] == 1.0
+
+
+def test_netron_serves_the_model_over_http(dataset: Dataset, tmp_path: Path):
+    import netron
+
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
+    port = free_port()
+    served = serve(result.onnx_path, port=port, browse=False)
+    try:
+        assert served.url == f"http://127.0.0.1:{port}" and not served.browser_opened
+        page = urllib.request.urlopen(served.url, timeout=10).read().decode()
+        assert "netron" in page.lower()
+        data = urllib.request.urlopen(f"{served.url}/data/model.onnx", timeout=10).read()
+        assert data == result.onnx_path.read_bytes()
+    finally:
+        netron.stop((served.host, served.port))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Chromium and ChromeDriver: apt-get install -y chromium chromium-driver",
+)
+def test_netron_renders_the_graph_in_a_real_browser(dataset: Dataset, tmp_path: Path):
+    """Headless Chromium opens `rtk view`'s page, accepts netron's consent dialog, and the
+    rendered graph holds the model's operators."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
+    port = free_port()
+    view = subprocess.Popen(
+        [str(Path(sys.executable).with_name("rtk")), "view", str(result.onnx_path),
+         "--port", str(port), "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        WebDriverWait(driver, 30, ignored_exceptions=(Exception,)).until(
+            lambda d: d.get(url) is None and "netron" in d.title.lower()
+        )
+
+        def graph_shown(d: webdriver.Chrome) -> bool:
+            # netron first shows a consent dialog; the graph renders once it is accepted.
+            for button in d.find_elements(By.TAG_NAME, "button"):
+                if button.is_displayed() and "accept" in button.text.lower():
+                    button.click()
+            return bool(d.find_elements(By.CSS_SELECTOR, "g.node"))
+
+        WebDriverWait(driver, 90, poll_frequency=0.5).until(graph_shown)
+        text = driver.find_element(By.TAG_NAME, "body").get_attribute("innerHTML") or ""
+        for op in ("Conv", "Relu", "MaxPool"):
+            assert op in text, op
+        driver.save_screenshot(str(tmp_path / "netron.png"))
+        assert (tmp_path / "netron.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
+        view.terminate()
+        view.wait(timeout=10)

@@ -1,0 +1,157 @@
+"""``rtk export``, ``rtk predict`` and ``rtk view``: ONNX files, checked, used and shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from toolkit.cli.output import console, err_console, notice, print_json
+
+
+def _runs_with_checkpoints(runs: Path) -> list[Path]:
+    return sorted(p.parent for p in runs.glob("*/best.pt"))
+
+
+def export(
+    targets: list[Path] = typer.Argument(
+        None, help="Run directories or checkpoints [every run under runs/].", show_default=False
+    ),
+    onnx_format: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format)."),
+    out: Path | None = typer.Option(None, help="Folder for the files [beside each checkpoint]."),
+    opset: int | None = typer.Option(None, help="ONNX opset [newest both exporter and ORT run]."),
+    simplify: bool = typer.Option(True, help="Simplify the graph with onnxslim."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 copy."),
+    int8: bool = typer.Option(False, "--int8", help="Also write a static INT8 copy."),
+    calib_images: int = typer.Option(512, help="Training images that calibrate INT8."),
+    parity_images: int = typer.Option(1000, help="Test images for the parity check."),
+    data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look when no target is given."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Export checkpoints to ONNX and validate each file against PyTorch on real test images."""
+    from exporters.convert import export_onnx
+    from exporters.errors import ExportError
+    from exporters.opset import opset_support
+    from toolkit.data import load_dataset
+
+    if not onnx_format:
+        raise ExportError("say which format: --onnx (the only one rtk exports)")
+    chosen = targets or _runs_with_checkpoints(runs)
+    if not chosen:
+        raise ExportError(f"no run with a best.pt under {runs}/; train one or name a checkpoint")
+    if parity_images < 1 or calib_images < 1:
+        raise ExportError("--parity-images and --calib-images must be positive")
+    support = opset_support()
+    if not as_json:
+        notice(
+            f"opset {opset or support.default} (newest the exporter writes: "
+            f"{support.exporter_max}; ONNX Runtime runs up to: {support.runtime_max})"
+        )
+    dataset = load_dataset(data, announce=notice)
+    results = []
+    for target in chosen:
+        results += export_onnx(
+            target,
+            dataset=dataset,
+            out_dir=out,
+            opset=opset,
+            simplify=simplify,
+            fp16=fp16,
+            int8=int8,
+            calib_images=calib_images,
+            parity_images=parity_images,
+        )
+    if as_json:
+        print_json(results)
+        return
+    table = Table(title="ONNX exports (parity on real test images vs PyTorch fp32)")
+    for column in (
+        "model",
+        "file",
+        "size",
+        "opset",
+        "nodes",
+        "max |diff|",
+        "agree",
+        "acc torch/onnx",
+    ):
+        table.add_column(column, justify="left" if column in ("model", "file") else "right")
+    for r in results:
+        p = r.parity
+        limit = f" (<= {p.tolerance:.0e})" if p.tolerance else ""
+        table.add_row(
+            f"{r.arch} {r.precision}",
+            str(r.onnx_path),
+            f"{r.size_bytes / 2**20:.2f} MiB",
+            str(r.opset),
+            str(r.nodes),
+            f"{p.max_abs_diff:.1e}{limit}",
+            f"{p.agreement:.1%}",
+            f"{p.acc_torch:.1%} / {p.acc_onnx:.1%} ({p.images:,})",
+        )
+    console.print(table)
+
+
+def _floats(text: str | None) -> list[float] | None:
+    return [float(v) for v in text.split(",")] if text else None
+
+
+def predict(
+    model: Path = typer.Argument(..., help="An ONNX classifier (from `rtk export`)."),
+    images: list[Path] = typer.Argument(..., help="PNG or JPEG files, any size."),
+    top_k: int = typer.Option(3, "--top-k", help="Classes to show per image."),
+    provider: str = typer.Option("cpu", help="cpu, cuda or tensorrt (verified)."),
+    classes: str | None = typer.Option(None, help="Comma-separated class names [metadata]."),
+    mean: str | None = typer.Option(None, help="Comma-separated channel means [metadata]."),
+    std: str | None = typer.Option(None, help="Comma-separated channel stds [metadata]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Classify images with an ONNX model; class names and normalisation come from its metadata."""
+    from exporters.predict import predict as run_predict
+
+    meta, predictions = run_predict(
+        model,
+        images,
+        top_k=top_k,
+        provider=provider,  # type: ignore[arg-type]
+        classes=classes.split(",") if classes else None,
+        mean=_floats(mean),
+        std=_floats(std),
+    )
+    if as_json:
+        print_json({"model": model, "meta": meta, "predictions": predictions})
+        return
+    for p in predictions:
+        if p.resized:
+            w, h = p.original_size
+            notice(f"{p.image} is {w}x{h}; resized to {meta.input_size[2]}x{meta.input_size[1]}")
+    table = Table(title=f"{model.name} ({meta.arch or 'unknown architecture'})")
+    table.add_column("image")
+    for rank in range(1, len(predictions[0].top) + 1):
+        table.add_column(f"#{rank}")
+    for p in predictions:
+        table.add_row(str(p.image), *(f"{g.label} {g.probability:.1%}" for g in p.top))
+    console.print(table)
+
+
+def view(
+    model: Path = typer.Argument(..., help="An ONNX file to show in netron."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default)."),
+    port: int | None = typer.Option(None, help="Port [a free one]."),
+    browser: bool = typer.Option(True, help="Open a browser where there is a display."),
+) -> None:
+    """Serve the graph in netron and print its URL; Ctrl-C stops it."""
+    import netron
+
+    from exporters.view import serve
+
+    served = serve(model, host=host, port=port, browse=browser)
+    console.print(f"netron serves {model} at [bold]{served.url}[/]  (Ctrl-C stops it)")
+    if browser and not served.browser_opened:
+        err_console.print("[dim]no display here: open the URL in a browser[/]")
+    try:
+        netron.wait()
+    finally:
+        netron.stop((served.host, served.port))
