@@ -82,7 +82,8 @@ def _test_acc(checkpoint: Path) -> float | None:
         return None
 
 
-def _to_onnx(model: torch.nn.Module, opset: int) -> onnx.ModelProto:
+def to_onnx_proto(model: torch.nn.Module, opset: int) -> onnx.ModelProto:
+    """The eval-mode graph with a dynamic batch: input ``input``, output ``logits``."""
     batch = torch.export.Dim("batch", min=1, max=65_536)
     try:
         program = torch.onnx.export(
@@ -102,7 +103,7 @@ def _to_onnx(model: torch.nn.Module, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+def simplify_proto(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnxslim
 
     slim = onnxslim.slim(model)
@@ -142,9 +143,9 @@ def export_onnx(
     stem = checkpoint.parent.name if out_dir is not None else "model"
     folder = out_dir if out_dir is not None else checkpoint.parent
     model = model_from_checkpoint(payload).eval()
-    proto = _to_onnx(model, opset)
+    proto = to_onnx_proto(model, opset)
     if simplify:
-        proto = _simplify(proto)
+        proto = simplify_proto(proto)
     onnx.helper.set_model_props(proto, _metadata(payload, checkpoint, "fp32"))
 
     results = []

@@ -33,3 +33,21 @@ def test_loader_keeps_batches_on_the_device(imagefolder: Path):
     assert images.is_cuda and labels.is_cuda
     cpu = TensorLoader(train, batch_size=32, device="cpu", shuffle=True, augment=PAPER_AUGMENT)
     torch.testing.assert_close(images.cpu(), next(iter(cpu))[0])  # same seed, same batch
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_gpu_bench_runs_on_the_asked_provider(tmp_path: Path, provider: str):
+    from analysis.bench import resolve_targets, run_bench
+
+    targets, _ = resolve_targets(
+        ["baseline-cnn"], runs=tmp_path, workdir=tmp_path, input_shape=None
+    )
+    report = run_bench(
+        targets, provider=provider, batch_sizes=[8], warmup=2, iters=3, seconds=None,
+        threads=None, io_binding=True, compare_torch=True, channels_last=False, notes=[],
+    )  # fmt: skip
+    assert (
+        report.running
+        == {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[provider]
+    )
+    assert [r.provider for r in report.rows] == [report.running, "torch cuda"]

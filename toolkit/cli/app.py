@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from toolkit import __version__
+from toolkit.cli import bench as bench_cmd
 from toolkit.cli import data as data_cmd
 from toolkit.cli import export as export_cmd
 from toolkit.cli import models as models_cmd
@@ -86,6 +87,7 @@ app.command("train")(train_cmd.train)
 app.command("export")(export_cmd.export)
 app.command("predict")(export_cmd.predict)
 app.command("view")(export_cmd.view)
+app.command("bench")(bench_cmd.bench)
 app.add_typer(data_cmd.app, name="data")
 
 

@@ -25,9 +25,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def to_json(value: Any) -> str:
+    return json.dumps(_plain(value), indent=2) + "\n"
+
+
 def print_json(value: Any) -> None:
     """Machine-readable output: plain JSON on stdout, nothing else, for ``--json``."""
-    print(json.dumps(_plain(value), indent=2))
+    print(to_json(value), end="")
 
 
 def notice(message: str) -> None:

@@ -1,0 +1,102 @@
+"""Training cost of one step per model: images per second and activation memory.
+
+Memory on CUDA is ``torch.cuda.max_memory_allocated`` over the step. On the CPU PyTorch keeps
+no allocator statistics, so the figure is the activation memory autograd holds for the
+backward pass: the bytes of every distinct tensor storage saved during the forward
+(``torch.autograd.graph.saved_tensors_hooks``), which is what skip connections could add to.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from analysis.bench import MODEST_MEMORY, Verdict
+from toolkit.models import create_model
+
+CPU_METHOD = "activation bytes saved for backward (saved_tensors_hooks, distinct storages)"
+CUDA_METHOD = "torch.cuda.max_memory_allocated over one step"
+
+
+@dataclass(frozen=True)
+class TrainStepResult:
+    arch: str
+    batch: int
+    device: str
+    images_per_s: float
+    step_ms: float
+    memory_mb: float
+    memory_method: str
+
+
+def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward pass."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    # Parameters are saved too (conv weights for the input gradient); they are not activations.
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def bench_train_step(
+    arch: str, *, batch: int = 64, device: str = "cpu", warmup: int = 2, iters: int = 5
+) -> TrainStepResult:
+    torch.manual_seed(0)
+    model = create_model(arch).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    step_s = (time.perf_counter() - start) / iters
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        sync()
+        memory, method = torch.cuda.max_memory_allocated(), CUDA_METHOD
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        memory, method = saved_activation_bytes(model, x, y), CPU_METHOD
+    return TrainStepResult(
+        arch, batch, device, batch / step_s, step_s * 1e3, memory / 2**20, method
+    )
+
+
+def memory_verdict(results: list[TrainStepResult]) -> Verdict:
+    """Claim (i): the memory overhead of skip connections is modest."""
+    claim = "(i) the memory overhead of skip connections is modest"
+    by_arch = {r.arch: r for r in results}
+    if not {"resnet18", "resnet18-noskip"} <= by_arch.keys():
+        return Verdict(claim, "not measured", "bench resnet18 and resnet18-noskip together")
+    skip, plain = by_arch["resnet18"], by_arch["resnet18-noskip"]
+    ratio = skip.memory_mb / plain.memory_mb
+    verdict = "supported" if ratio <= MODEST_MEMORY else "not supported"
+    evidence = (
+        f"resnet18 {skip.memory_mb:.1f} MiB vs resnet18-noskip {plain.memory_mb:.1f} MiB "
+        f"= {ratio:.3f}x at batch {skip.batch} ({skip.memory_method}; modest means "
+        f"<= {MODEST_MEMORY:.2f}x)"
+    )
+    return Verdict(claim, verdict, evidence)
