@@ -40,8 +40,10 @@ format: install
 test: lint
 	$(PY) -m pytest -q -n 2 --durations=5
 
+# Speed is measured here, side by side in one run, never asserted in timed unit tests.
 bench: install
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/inference.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

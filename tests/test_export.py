@@ -25,9 +25,8 @@ from exporters.view import free_port, serve
 from tests.conftest import CLASSES
 from toolkit.cli import app
 from toolkit.data import Dataset, load_dataset
-from toolkit.models import architecture_names, get_architecture
-from toolkit.training import save_checkpoint
-from toolkit.training.checkpoint import describe_model
+from toolkit.models import architecture_names
+from toolkit.training import initial_checkpoint, save_checkpoint
 
 PARITY = 50  # the tiny test split's size
 
@@ -39,15 +38,8 @@ def dataset(imagefolder: Path) -> Dataset:
 
 def write_checkpoint(folder: Path, arch_name: str) -> Path:
     """A real rtk checkpoint of a freshly initialised model (export does not need training)."""
-    torch.manual_seed(0)
-    arch = get_architecture(arch_name)
-    payload = describe_model(
-        arch=arch.name,
-        model_class=arch.model_class,
-        model_kwargs=dict(arch.kwargs),
-        classes=list(CLASSES),
-    )
-    payload.update(epoch=1, state_dict=arch.build().state_dict(), metrics={"val_acc": 0.1})
+    payload = initial_checkpoint(arch_name, list(CLASSES))
+    payload["epoch"], payload["metrics"] = 1, {"val_acc": 0.1}
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "best.pt", payload)
     (folder / "metrics.json").write_text(json.dumps({"test_acc": 0.125}))

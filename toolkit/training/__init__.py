@@ -2,6 +2,7 @@
 
 from toolkit.training.checkpoint import (
     CheckpointError,
+    initial_checkpoint,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -35,6 +36,7 @@ __all__ = [
     "TrainingInterrupted",
     "default_run_name",
     "evaluate",
+    "initial_checkpoint",
     "load_checkpoint",
     "make_config",
     "model_from_checkpoint",

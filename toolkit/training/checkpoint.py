@@ -44,6 +44,23 @@ def describe_model(
     }
 
 
+def initial_checkpoint(arch_name: str, classes: list[str], *, seed: int = 0) -> dict[str, Any]:
+    """A checkpoint of a freshly initialised model: enough to export, bench or test the
+    pipeline, where the weights do not matter."""
+    from toolkit.models import get_architecture
+
+    torch.manual_seed(seed)
+    arch = get_architecture(arch_name)
+    payload = describe_model(
+        arch=arch.name,
+        model_class=arch.model_class,
+        model_kwargs=dict(arch.kwargs),
+        classes=classes,
+    )
+    payload.update(epoch=0, state_dict=arch.build().state_dict(), metrics={})
+    return payload
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     try:
         with atomic_path(path) as tmp:
