@@ -8,6 +8,7 @@ across the four models at 32x32.
 from __future__ import annotations
 
 import csv
+import os
 import dataclasses
 import json
 import time
@@ -208,7 +209,7 @@ def run_bench(
     ceiling = fp32_ceiling_gflops() if device == "cpu" else None
     machine = Machine(
         cpu=cpu_model(),
-        cores=torch.get_num_threads() if threads is None else threads,
+        cores=os.cpu_count() or 1,
         torch_threads=torch.get_num_threads(),
         device=torch.cuda.get_device_name() if device == "cuda" else cpu_model(),
         ort_version=ort.__version__,
