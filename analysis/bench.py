@@ -8,9 +8,9 @@ across the four models at 32x32.
 from __future__ import annotations
 
 import csv
-import os
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
