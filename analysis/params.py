@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from toolkit.models import Architecture, architectures
+from toolkit.models import Architecture, architectures, stage_of
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class ModelSummary:
     macs: int  # multiply-accumulates of one forward pass of one 32x32 image
     weight_layers: int
     description: str
+    per_stage: dict[str, int]  # parameters per part: stem, stage 1..4 (or block 1..4), fc
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> int:
@@ -47,7 +48,15 @@ def summarize(arch: Architecture) -> ModelSummary:
         macs=count_macs(model),
         weight_layers=len(model.weight_layers()),
         description=arch.description,
+        per_stage=stage_params(model),
     )
+
+
+def stage_params(model: nn.Module) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, parameter in model.named_parameters():
+        counts[stage_of(name)] = counts.get(stage_of(name), 0) + parameter.numel()
+    return counts
 
 
 def summarize_all() -> list[ModelSummary]:

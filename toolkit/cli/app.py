@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from toolkit import __version__
+from toolkit.cli import analyze as analyze_cmd
 from toolkit.cli import bench as bench_cmd
 from toolkit.cli import data as data_cmd
 from toolkit.cli import export as export_cmd
@@ -89,6 +90,8 @@ app.command("predict")(export_cmd.predict)
 app.command("view")(export_cmd.view)
 app.command("bench")(bench_cmd.bench)
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(analyze_cmd.analyze_app, name="analyze")
+app.add_typer(analyze_cmd.report_app, name="report")
 
 
 def main() -> None:

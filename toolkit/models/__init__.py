@@ -1,6 +1,6 @@
 """The paper's four architectures, built by name from one registry."""
 
-from toolkit.models.base import Classifier, WeightLayer
+from toolkit.models.base import Classifier, WeightLayer, stage_of
 from toolkit.models.registry import (
     Architecture,
     architecture_names,
@@ -19,4 +19,5 @@ __all__ = [
     "build_model",
     "create_model",
     "get_architecture",
+    "stage_of",
 ]

@@ -28,6 +28,16 @@ class WeightLayer:
     module: nn.Module = field(repr=False, compare=False)
 
 
+def stage_of(name: str) -> str:
+    """The part of the network a layer or parameter belongs to, from its module path:
+    ``stages.2.1.conv1`` is in ``stage 3``, ``blocks.0.conv`` in ``block 1``; the stem and
+    the classifier (``fc``) are their own parts."""
+    parts = name.split(".")
+    if parts[0] in ("stages", "blocks") and len(parts) > 1:
+        return f"{parts[0][:-1]} {int(parts[1]) + 1}"
+    return parts[0]
+
+
 def init_weights(model: nn.Module) -> None:
     """Kaiming-normal convolutions (fan-out, ReLU gain), BN to (1, 0), zero conv biases."""
     for module in model.modules():

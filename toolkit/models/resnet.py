@@ -16,15 +16,22 @@ from torch import nn
 from toolkit.models.base import Classifier
 
 
+def _norm(channels: int, enabled: bool) -> nn.Module:
+    # Without BatchNorm is for the gradient-flow studies (He et al.'s plain-vs-residual).
+    return nn.BatchNorm2d(channels) if enabled else nn.Identity()
+
+
 class BasicBlock(nn.Module):
     """conv3x3 -> BN -> ReLU -> conv3x3 -> BN -> (+ shortcut) -> ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, *, stride: int, skip: bool) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, *, stride: int, skip: bool, norm: bool = True
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.bn1 = _norm(out_ch, norm)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = _norm(out_ch, norm)
         self.relu = nn.ReLU(inplace=True)
         self.skip = skip
         # A 1x1 projection only where the shape changes; identity otherwise (He et al., option B).
@@ -33,7 +40,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(
                 OrderedDict(
                     conv=nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                    bn=nn.BatchNorm2d(out_ch),
+                    bn=_norm(out_ch, norm),
                 )
             )
 
@@ -56,6 +63,7 @@ class ResNet(Classifier):
         blocks: Sequence[int],
         first_stride: int,
         skip: bool = True,
+        norm: bool = True,
         num_classes: int = 10,
         dropout: float = 0.5,
     ) -> None:
@@ -65,7 +73,7 @@ class ResNet(Classifier):
         self.stem = nn.Sequential(
             OrderedDict(
                 conv=nn.Conv2d(3, stem_width, 3, padding=1, bias=False),
-                bn=nn.BatchNorm2d(stem_width),
+                bn=_norm(stem_width, norm),
                 relu=nn.ReLU(inplace=True),
             )
         )
@@ -73,8 +81,10 @@ class ResNet(Classifier):
         in_ch = stem_width
         for index, (width, count) in enumerate(zip(widths, blocks, strict=True)):
             stride = first_stride if index == 0 else 2
-            stage = [BasicBlock(in_ch, width, stride=stride, skip=skip)]
-            stage += [BasicBlock(width, width, stride=1, skip=skip) for _ in range(count - 1)]
+            stage = [BasicBlock(in_ch, width, stride=stride, skip=skip, norm=norm)]
+            stage += [
+                BasicBlock(width, width, stride=1, skip=skip, norm=norm) for _ in range(count - 1)
+            ]
             stages.append(nn.Sequential(*stage))
             in_ch = width
         self.stages = nn.Sequential(*stages)

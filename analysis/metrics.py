@@ -1,0 +1,156 @@
+"""Test-set predictions from a checkpoint (PyTorch) or an ONNX model (ONNX Runtime), and the
+confusion matrix and per-class report computed from them with scikit-learn."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import classification_report, confusion_matrix
+
+from exporters.errors import MetadataError
+from toolkit.data import Dataset, normalize
+from toolkit.errors import RtkError
+
+
+class SourceError(RtkError):
+    """A run directory, checkpoint or model that cannot be evaluated."""
+
+
+@dataclass(frozen=True)
+class Predictions:
+    source: Path
+    engine: str  # "pytorch" or "onnxruntime"
+    classes: list[str]
+    labels: np.ndarray
+    predicted: np.ndarray
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    source: Path
+    engine: str
+    rows: list[ClassRow]  # one per class, then "macro avg" and "weighted avg"
+    accuracy: float
+    images: int
+
+
+@dataclass(frozen=True)
+class Confusion:
+    source: Path
+    engine: str
+    classes: list[str]
+    matrix: list[list[float]]  # rows: true class, columns: predicted class
+    normalized: bool
+    accuracy: float
+
+
+def _check_classes(model_classes: list[str], dataset: Dataset, source: Path) -> None:
+    if list(model_classes) != list(dataset.classes):
+        raise SourceError(
+            f"{source} was trained on classes {model_classes}, but the dataset has "
+            f"{list(dataset.classes)}; point --data at the data the model was trained for"
+        )
+
+
+def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Predictions:
+    """Top-1 predictions on the whole test split from a run directory, a ``.pt`` checkpoint
+    (PyTorch, fp32) or an ``.onnx`` model (ONNX Runtime on the CPU)."""
+    images = dataset.test.images
+    if source.suffix == ".onnx":
+        from exporters.runtime import create_session
+        from exporters.validate import run_onnx
+
+        if not source.is_file():
+            raise SourceError(f"model {source} does not exist")
+        session, _ = create_session(source, "cpu")
+        props = dict(session.get_modelmeta().custom_metadata_map)  # type: ignore[attr-defined]
+        if "rtk.classes" not in props:
+            raise MetadataError(
+                f"{source} carries no class names (rtk.classes); export it with `rtk export`"
+            )
+        classes = json.loads(props["rtk.classes"])
+        _check_classes(classes, dataset, source)
+        logits = run_onnx(session, normalize(images), batch_size)
+        engine = "onnxruntime"
+    else:
+        from toolkit.training import load_checkpoint, model_from_checkpoint
+
+        checkpoint = source / "best.pt" if source.is_dir() else source
+        if source.is_dir() and not checkpoint.is_file():
+            raise SourceError(f"{source} holds no best.pt; is it a finished rtk run?")
+        payload = load_checkpoint(checkpoint)
+        classes = list(payload["classes"])
+        _check_classes(classes, dataset, source)
+        model = model_from_checkpoint(payload).eval()
+        with torch.inference_mode():
+            logits = torch.cat(
+                [
+                    model(normalize(images[i : i + batch_size]))
+                    for i in range(0, len(images), batch_size)
+                ]
+            ).numpy()
+        engine = "pytorch"
+    return Predictions(
+        source=source,
+        engine=engine,
+        classes=classes,
+        labels=dataset.test.labels.numpy(),
+        predicted=logits.argmax(1),
+    )
+
+
+def class_report(predictions: Predictions) -> ClassReport:
+    """Per-class precision, recall, F1 and support: scikit-learn's ``classification_report``."""
+    report = classification_report(
+        predictions.labels,
+        predictions.predicted,
+        labels=list(range(len(predictions.classes))),
+        target_names=predictions.classes,
+        output_dict=True,
+        zero_division=0,
+    )
+    names = [*predictions.classes, "macro avg", "weighted avg"]
+    rows = [
+        ClassRow(
+            name=name,
+            precision=float(report[name]["precision"]),
+            recall=float(report[name]["recall"]),
+            f1=float(report[name]["f1-score"]),
+            support=int(report[name]["support"]),
+        )
+        for name in names
+    ]
+    accuracy = float((predictions.labels == predictions.predicted).mean())
+    return ClassReport(
+        predictions.source, predictions.engine, rows, accuracy, len(predictions.labels)
+    )
+
+
+def confusion(predictions: Predictions, *, normalize_rows: bool = False) -> Confusion:
+    matrix = confusion_matrix(
+        predictions.labels,
+        predictions.predicted,
+        labels=list(range(len(predictions.classes))),
+        normalize="true" if normalize_rows else None,
+    )
+    return Confusion(
+        source=predictions.source,
+        engine=predictions.engine,
+        classes=predictions.classes,
+        matrix=matrix.tolist(),
+        normalized=normalize_rows,
+        accuracy=float((predictions.labels == predictions.predicted).mean()),
+    )

@@ -1,0 +1,107 @@
+"""Figures as PNG files (matplotlib, no display needed), each titled so it reads alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: these machines and CI have no display
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from analysis.gradients import GradientProfile
+from analysis.metrics import Confusion
+from toolkit.fileio import atomic_path
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def confusion_heatmap(result: Confusion, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(7.5, 6.5))
+    image = axes.imshow(result.matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    ticks = range(len(result.classes))
+    axes.set_xticks(ticks, result.classes, rotation=45, ha="right")
+    axes.set_yticks(ticks, result.classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    peak = max(max(row) for row in result.matrix) or 1
+    for i, row in enumerate(result.matrix):
+        for j, value in enumerate(row):
+            text = f"{value:.2f}" if result.normalized else f"{int(value)}"
+            color = "white" if value > peak / 2 else "black"
+            axes.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    axes.set_title(
+        f"Confusion matrix, {result.source.name} ({result.engine}), "
+        f"test accuracy {result.accuracy:.2%}"
+    )
+    return _save(figure, path)
+
+
+def training_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Training and validation accuracy and loss per epoch, models overlaid (Fig. 1, 2, 4, 5)."""
+    figure, grid = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    panels = [
+        ("train_acc", "training accuracy"),
+        ("val_acc", "validation accuracy"),
+        ("train_loss", "training loss"),
+        ("val_loss", "validation loss"),
+    ]
+    for axes, (key, title) in zip(grid.flat, panels, strict=True):
+        for label, rows in histories.items():
+            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+    grid[0][0].legend(fontsize=8)
+    figure.suptitle("Training curves")
+    return _save(figure, path)
+
+
+def gradient_flow(profiles: list[GradientProfile], path: Path, *, rms: bool = False) -> Path:
+    """Per-layer gradient magnitude against depth, log scale (the paper's Fig. 3)."""
+    figure, axes = plt.subplots(figsize=(10, 5.5))
+    for profile in profiles:
+        main = [layer for layer in profile.layers if layer.kind != "shortcut"]
+        values = [layer.rms_mean if rms else layer.norm_mean for layer in main]
+        axes.plot(
+            range(1, len(main) + 1), values, marker="o", markersize=3,
+            label=f"{profile.model} ({profile.at})",
+        )  # fmt: skip
+    axes.set_yscale("log")
+    axes.set_xlabel("weight layer, input to output (shortcut projections left out)")
+    measure = "RMS (L2 norm / sqrt(weights))" if rms else "L2 norm"
+    axes.set_ylabel(f"gradient {measure}")
+    batches = profiles[0].batches if profiles else 0
+    axes.set_title(f"Gradient flow: per-layer weight-gradient {measure}, mean of {batches} batches")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def gradients_over_training(label: str, rows: list[dict[str, Any]], path: Path) -> Path:
+    """The per-layer norms ``rtk train`` recorded each epoch, one line per layer."""
+    figure, axes = plt.subplots(figsize=(10, 5.5))
+    names = list(rows[0]["grad_norms"]) if rows else []
+    colors = plt.get_cmap("viridis")
+    for index, name in enumerate(names):
+        values = [(r["epoch"], r["grad_norms"][name]) for r in rows]
+        axes.plot(*zip(*values, strict=True), color=colors(index / max(len(names) - 1, 1)),
+                  label=name if index in (0, len(names) - 1) else None)  # fmt: skip
+    axes.set_yscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("gradient L2 norm (mean of the epoch's last batches)")
+    axes.set_title(f"{label}: per-layer gradient norms during training (dark: input end)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    return _save(figure, path)

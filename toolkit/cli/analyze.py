@@ -1,0 +1,227 @@
+"""``rtk analyze`` (gradients, parameters) and ``rtk report`` (confusion, classification,
+curves, the paper's Table I)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from toolkit.cli.output import console, notice, print_json
+
+analyze_app = typer.Typer(help="Gradient flow and parameter counts.", no_args_is_help=True)
+report_app = typer.Typer(help="Test-set reports, curves and Table I.", no_args_is_help=True)
+
+DataOption = typer.Option(None, "--data", help="Dataset path (see `rtk data info`).")
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of tables.")
+
+
+@analyze_app.command("gradients")
+def gradients(
+    sources: list[str] = typer.Argument(..., help="Run directories or architecture names."),
+    batches: int = typer.Option(8, help="Real training batches (of 64) to average over."),
+    at: str = typer.Option("init", help="init (initial weights) or best (a run's best.pt)."),
+    plot: Path | None = typer.Option(None, help="Write the log-scale gradient-flow PNG here."),
+    history_plot: Path | None = typer.Option(
+        None, help="Plot the norms a run recorded while training (first run) here."
+    ),
+    data: Path | None = DataOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Per-layer weight-gradient L2 norms and RMS, in depth order, models side by side."""
+    from analysis.gradients import profile_source
+    from toolkit.data import load_dataset
+    from toolkit.errors import RtkError
+
+    if at not in ("init", "best"):
+        raise RtkError(f"--at takes init or best, got {at!r}")
+    if batches < 1:
+        raise RtkError(f"--batches must be positive, got {batches}")
+    dataset = load_dataset(data, announce=notice)
+    profiles = [profile_source(s, dataset, batches=batches, at=at) for s in sources]
+    if plot is not None:
+        from analysis.plots import gradient_flow
+
+        notice(f"wrote {gradient_flow(profiles, plot)}")
+    if history_plot is not None:
+        from analysis.plots import gradients_over_training
+
+        run = Path(sources[0])
+        rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+        notice(f"wrote {gradients_over_training(run.name, rows, history_plot)}")
+    if as_json:
+        print_json(profiles)
+        return
+    for p in profiles:
+        table = Table(
+            title=f"{p.model} at {p.at}: gradients over {p.batches} batches of {p.batch_size}"
+        )
+        for column in ("layer", "kind", "depth", "weights", "L2 norm", "+/- std", "RMS"):
+            table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
+        for layer in p.layers:
+            table.add_row(
+                layer.name, layer.kind, str(layer.depth), f"{layer.weights:,}",
+                f"{layer.norm_mean:.3e}", f"{layer.norm_std:.1e}", f"{layer.rms_mean:.3e}",
+            )  # fmt: skip
+        console.print(table)
+        stages = ", ".join(f"{s.stage} {s.norm_mean:.2e} (RMS {s.rms_mean:.1e})" for s in p.stages)
+        console.print(f"per part (mean L2 norm): {stages}")
+        console.print(
+            f"first/last layer: L2 norm {p.first_last_norm_ratio:.2f}, "
+            f"RMS {p.first_last_rms_ratio:.2f}"
+        )
+
+
+@analyze_app.command("params")
+def params(
+    sources: list[str] = typer.Argument(None, help="Architectures or run directories [all]."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Total and trainable parameters, per stage, MACs, and the paper's figure."""
+    from analysis.params import summarize
+    from toolkit.models import architectures, get_architecture
+    from toolkit.training import load_checkpoint
+
+    archs = []
+    for source in sources or []:
+        path = Path(source)
+        name = load_checkpoint(path / "best.pt")["arch"] if path.is_dir() else source
+        archs.append(get_architecture(name))
+    summaries = [summarize(a) for a in archs or architectures()]
+    if as_json:
+        print_json(summaries)
+        return
+    table = Table(title="Parameters (MACs: one 32x32 image)")
+    for column in ("model", "total", "trainable", "paper", "difference", "MACs", "per part"):
+        table.add_column(column, justify="left" if column in ("model", "per part") else "right")
+    for s in summaries:
+        parts = ", ".join(f"{k} {v:,}" for k, v in s.per_stage.items())
+        table.add_row(
+            s.name, f"{s.params:,}", f"{s.trainable_params:,}", f"{s.paper_params:,}",
+            f"{s.params - s.paper_params:+,}", f"{s.macs / 1e6:,.1f} M", parts,
+        )  # fmt: skip
+    console.print(table)
+
+
+def _predictions(source: Path, data: Path | None) -> object:
+    from analysis.metrics import predict_test
+    from toolkit.data import load_dataset
+
+    return predict_test(source, load_dataset(data, announce=notice))
+
+
+@report_app.command("confusion")
+def confusion(
+    source: Path = typer.Argument(..., help="A run directory, checkpoint or ONNX model."),
+    normalize: bool = typer.Option(False, help="Rows as fractions of each true class."),
+    plot: Path | None = typer.Option(None, help="Write the heatmap PNG here."),
+    data: Path | None = DataOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The confusion matrix on the full test split (rows: true class)."""
+    from analysis.metrics import confusion as compute
+
+    result = compute(_predictions(source, data), normalize_rows=normalize)  # type: ignore[arg-type]
+    if plot is not None:
+        from analysis.plots import confusion_heatmap
+
+        notice(f"wrote {confusion_heatmap(result, plot)}")
+    if as_json:
+        print_json(result)
+        return
+    table = Table(
+        title=f"Confusion matrix: {source} ({result.engine}), accuracy {result.accuracy:.2%}"
+    )
+    table.add_column("true \\ predicted", style="bold")
+    for name in result.classes:
+        table.add_column(name[:5], justify="right")
+    for i, (name, row) in enumerate(zip(result.classes, result.matrix, strict=True)):
+        cells = [f"{v:.2f}" if normalize else f"{int(v)}" for v in row]
+        cells[i] = f"[bold green]{cells[i]}[/]"
+        table.add_row(name, *cells)
+    console.print(table)
+
+
+@report_app.command("classification")
+def classification(
+    source: Path = typer.Argument(..., help="A run directory, checkpoint or ONNX model."),
+    data: Path | None = DataOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Per-class precision, recall, F1 and support (scikit-learn's classification_report)."""
+    from analysis.metrics import class_report
+
+    report = class_report(_predictions(source, data))  # type: ignore[arg-type]
+    if as_json:
+        print_json(report)
+        return
+    table = Table(
+        title=f"Classification report: {source} ({report.engine}), {report.images:,} images"
+    )
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in report.rows:
+        style = "bold" if row.name.endswith("avg") else None
+        table.add_row(
+            row.name, f"{row.precision:.4f}", f"{row.recall:.4f}", f"{row.f1:.4f}",
+            f"{row.support:,}", style=style,
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"accuracy {report.accuracy:.4f}")
+
+
+@report_app.command("curves")
+def curves(
+    runs: list[Path] = typer.Argument(..., help="Run directories to overlay."),
+    plot: Path = typer.Option(Path("curves.png"), help="Where to write the PNG."),
+) -> None:
+    """Training and validation accuracy and loss per epoch, models overlaid."""
+    from analysis.plots import training_curves
+    from analysis.report import read_history
+
+    histories = {run.name: read_history(run) for run in runs}
+    console.print(f"wrote {training_curves(histories, plot)}")
+
+
+@report_app.command("compare")
+def compare(
+    runs: list[Path] = typer.Argument(None, help="Run directories [every run under runs/]."),
+    markdown: Path | None = typer.Option(None, help="Also write the table as Markdown here."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Where to look by default."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The paper's Table I beside this machine's runs: accuracy, time, epochs, parameters."""
+    from analysis.report import compare_runs, table_markdown
+
+    rows = compare_runs(runs or sorted(p.parent for p in runs_dir.glob("*/metrics.json")))
+    if markdown is not None:
+        from toolkit.fileio import atomic_path
+
+        with atomic_path(markdown) as tmp:
+            tmp.write_text(table_markdown(rows))
+        notice(f"wrote {markdown}")
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="Table I: this machine's runs beside the paper's")
+    for column in (
+        "model",
+        "run",
+        "test acc",
+        "paper",
+        "diff",
+        "train min",
+        "paper min",
+        "epochs",
+        "params",
+    ):
+        table.add_column(column, justify="left" if column in ("model", "run") else "right")
+    for r in rows:
+        table.add_row(
+            r.model, r.run, f"{r.test_acc:.2%}", f"{r.paper_test_acc:.1%}",
+            f"{(r.test_acc - r.paper_test_acc) * 100:+.1f} pt", f"{r.train_min:.1f}",
+            f"{r.paper_train_min:g}", str(r.epochs), f"{r.params:,}",
+        )  # fmt: skip
+    console.print(table)
