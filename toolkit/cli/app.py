@@ -19,6 +19,7 @@ from toolkit.cli import bench as bench_cmd
 from toolkit.cli import data as data_cmd
 from toolkit.cli import export as export_cmd
 from toolkit.cli import models as models_cmd
+from toolkit.cli import reproduce as reproduce_cmd
 from toolkit.cli import train as train_cmd
 from toolkit.cli.output import err_console
 from toolkit.errors import RtkError
@@ -89,6 +90,7 @@ app.command("export")(export_cmd.export)
 app.command("predict")(export_cmd.predict)
 app.command("view")(export_cmd.view)
 app.command("bench")(bench_cmd.bench)
+app.command("reproduce")(reproduce_cmd.reproduce)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(analyze_cmd.analyze_app, name="analyze")
 app.add_typer(analyze_cmd.report_app, name="report")

@@ -1,0 +1,126 @@
+"""The paper's claims (paper-spec.md), each judged from numbers measured here.
+
+Every verdict is "supported", "not supported" or "not measured", with the numbers behind it
+and the rule that turned them into the verdict. Nothing here assumes the paper is right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from analysis.bench import Verdict
+from analysis.gradients import GradientProfile
+from analysis.report import CompareRow
+
+UNIFORM_RATIO = 10.0  # "nearly uniform" gradients: first/last layer RMS within 10x either way
+
+
+def _acc(rows: list[CompareRow]) -> dict[str, float]:
+    return {r.arch: r.test_acc for r in rows}
+
+
+def accuracy_claim(rows: list[CompareRow]) -> Verdict:
+    claim = (
+        "1. ResNet-18 beats the baseline by 5.8 points; "
+        "ranking ResNet-18 > Mini-ResNet > no-skip > baseline"
+    )
+    acc = _acc(rows)
+    order = ["resnet18", "mini-resnet", "resnet18-noskip", "baseline-cnn"]
+    if not set(order) <= acc.keys():
+        return Verdict(claim, "not measured", f"needs all four runs; have {sorted(acc)}")
+    gap = (acc["resnet18"] - acc["baseline-cnn"]) * 100
+    ranked = sorted(order, key=lambda a: -acc[a])
+    holds = ranked == order and gap > 0
+    evidence = (
+        f"ResNet-18 - baseline = {gap:+.1f} points (paper +5.8); measured ranking: "
+        + " > ".join(f"{a} {acc[a]:.1%}" for a in ranked)
+        + "; rule: the paper's ranking and a positive gap"
+    )
+    return Verdict(claim, "supported" if holds else "not supported", evidence)
+
+
+def convergence_claim(histories: dict[str, list[dict[str, Any]]]) -> Verdict:
+    """Residual models converge faster: at each epoch both runs have, validation accuracy."""
+    claim = "2. residual models converge faster (validation accuracy per epoch)"
+    pairs = [("resnet18", "resnet18-noskip"), ("mini-resnet", "baseline-cnn")]
+    parts, wins, total = [], 0, 0
+    for residual, plain in pairs:
+        if residual not in histories or plain not in histories:
+            continue
+        a = [r["val_acc"] for r in histories[residual]]
+        b = [r["val_acc"] for r in histories[plain]]
+        common = min(len(a), len(b))
+        ahead = sum(x > y for x, y in zip(a[:common], b[:common], strict=True))
+        wins += ahead
+        total += common
+        parts.append(f"{residual} ahead of {plain} in {ahead}/{common} epochs")
+    if not total:
+        return Verdict(claim, "not measured", "needs a residual run and its plain counterpart")
+    verdict = "supported" if wins > total / 2 else "not supported"
+    return Verdict(claim, verdict, "; ".join(parts) + "; rule: ahead in most shared epochs")
+
+
+def gradient_claim(profiles: dict[str, GradientProfile]) -> Verdict:
+    claim = (
+        "3. gradient flow: the baseline's norms drop in early layers; ResNet-18's stay nearly "
+        "uniform; removing skips collapses early-layer gradients"
+    )
+    need = {"baseline-cnn", "resnet18", "resnet18-noskip"}
+    if not need <= profiles.keys():
+        return Verdict(claim, "not measured", f"needs gradient profiles of {sorted(need)}")
+    base, skip, plain = (profiles[a] for a in ("baseline-cnn", "resnet18", "resnet18-noskip"))
+    uniform = 1 / UNIFORM_RATIO <= skip.first_last_rms_ratio <= UNIFORM_RATIO
+    checks = {
+        "baseline's first layer weaker than its last": base.first_last_rms_ratio < 1,
+        f"ResNet-18 first/last RMS within {UNIFORM_RATIO:.0f}x (nearly uniform)": uniform,
+        "no-skip first layer weaker than with skips": (
+            plain.layers[0].rms_mean < skip.layers[0].rms_mean
+        ),
+    }
+    evidence = (
+        f"first/last RMS ratio: baseline {base.first_last_rms_ratio:.3g}, ResNet-18 "
+        f"{skip.first_last_rms_ratio:.3g}, no-skip {plain.first_last_rms_ratio:.3g}; first-layer "
+        f"RMS ResNet-18 {skip.layers[0].rms_mean:.3g} vs no-skip {plain.layers[0].rms_mean:.3g} "
+        f"({skip.at} weights); "
+        + "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks.items())
+    )
+    return Verdict(claim, "supported" if all(checks.values()) else "not supported", evidence)
+
+
+def ablation_claim(rows: list[CompareRow], profiles: dict[str, GradientProfile]) -> Verdict:
+    claim = "4. ablation: removing skips from ResNet-18 lowers accuracy and gradient flow"
+    acc = _acc(rows)
+    if (
+        not {"resnet18", "resnet18-noskip"} <= acc.keys()
+        or not {
+            "resnet18",
+            "resnet18-noskip",
+        }
+        <= profiles.keys()
+    ):
+        return Verdict(claim, "not measured", "needs both ResNet-18 runs and their gradients")
+    lower_acc = acc["resnet18-noskip"] < acc["resnet18"]
+    skip_first = profiles["resnet18"].layers[0].rms_mean
+    plain_first = profiles["resnet18-noskip"].layers[0].rms_mean
+    lower_flow = plain_first < skip_first
+    evidence = (
+        f"accuracy {acc['resnet18-noskip']:.1%} without skips vs {acc['resnet18']:.1%} with; "
+        f"first-layer gradient RMS {plain_first:.3g} vs {skip_first:.3g}"
+    )
+    return Verdict(claim, "supported" if lower_acc and lower_flow else "not supported", evidence)
+
+
+def epochs_claim(rows: list[CompareRow]) -> Verdict:
+    claim = "5(ii). faster convergence reduces the epochs needed"
+    by = {r.arch: r for r in rows}
+    if not {"resnet18", "resnet18-noskip"} <= by.keys():
+        return Verdict(claim, "not measured", "needs both ResNet-18 runs")
+    a, b = by["resnet18"], by["resnet18-noskip"]
+    if not (a.stopped_early or b.stopped_early):
+        return Verdict(
+            claim,
+            "not measured",
+            f"neither ResNet-18 run stopped early ({a.epochs} and {b.epochs} epochs, the budget)",
+        )
+    verdict = "supported" if a.epochs < b.epochs else "not supported"
+    return Verdict(claim, verdict, f"ResNet-18 ran {a.epochs} epochs, no-skip {b.epochs}")

@@ -1,0 +1,46 @@
+"""``rtk reproduce``: the whole paper, end to end, into one report folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from toolkit.cli.output import console, err_console, notice, print_json
+
+
+def reproduce(
+    budget: str = typer.Option("quick", help="quick (about 20 min on 2 CPU cores) or full."),
+    models: list[str] = typer.Option(None, "--models", help="Architectures to include [all four]."),
+    out: Path = typer.Option(Path("report"), help="Folder for runs, figures and REPORT.md."),
+    data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
+    quiet: bool = typer.Option(False, help="No training progress."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
+) -> None:
+    """Train, export, validate, bench and analyse the four models; write REPORT.md."""
+    from analysis.reproduce import BUDGETS
+    from analysis.reproduce import reproduce as run
+    from toolkit.cli.train import RichObserver
+    from toolkit.data import load_dataset
+    from toolkit.errors import RtkError
+    from toolkit.models import architecture_names
+
+    if budget not in BUDGETS:
+        raise RtkError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
+    chosen = BUDGETS[budget]
+    notice(f"budget {budget}: {chosen.reduction}")
+    observer = None if quiet else RichObserver(err_console, progress=True)
+    result = run(
+        budget=chosen,
+        models=models or architecture_names(),
+        out=out,
+        dataset=load_dataset(data, announce=notice),
+        say=notice,
+        observer=observer,
+    )
+    if as_json:
+        print_json(result)
+        return
+    for verdict in result.verdicts:
+        console.print(f"[bold]{verdict.claim}[/]: {verdict.verdict}")
+    console.print(f"report: [bold]{result.report}[/]")
