@@ -1,8 +1,8 @@
 """Reduced-precision copies of a validated fp32 export: FP16 weights, and static INT8.
 
 INT8 follows ONNX Runtime's recipe for x86: ``quant_pre_process`` (shape inference and graph
-optimisation), then QDQ static quantization, per-channel weights, calibrated on real
-training images through a ``CalibrationDataReader``.
+optimisation), then QDQ static quantization, per-channel 7-bit weights (``reduce_range``),
+calibrated on real training images through a ``CalibrationDataReader``.
 """
 
 from __future__ import annotations
@@ -60,9 +60,12 @@ def to_int8(src: Path, dst: Path, calibration: Split) -> None:
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            # u8 activations with s8 weights: the combination VNNI's integer dot product takes.
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            # 7-bit weights: without it, x86's u8 x s8 dot product saturates its 16-bit
+            # intermediate sums (ORT's documented x86 caveat). Measured on the trained
+            # baseline CNN: 74.0% (8.3 points below fp32) without, 82.6% (+0.3) with.
+            reduce_range=True,
         )
     model = onnx.load(str(dst))
     props = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
