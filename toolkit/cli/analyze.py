@@ -134,7 +134,7 @@ def confusion(
     table = Table(
         title=f"Confusion matrix: {source} ({result.engine}), accuracy {result.accuracy:.2%}"
     )
-    table.add_column("true \\ predicted", style="bold")
+    table.add_column("true \\ predicted", style="bold", no_wrap=True)
     for name in result.classes:
         table.add_column(name[:5], justify="right")
     for i, (name, row) in enumerate(zip(result.classes, result.matrix, strict=True)):
