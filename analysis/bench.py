@@ -1,8 +1,7 @@
 """``rtk bench``: which models to bench, the whole benchmark run, and where results go.
 
-The paper's computational claims are judged here from the numbers measured in the same run
-(section IV-E): (i) the memory overhead of skip connections, (iii) similar inference latency
-across the four models at 32x32.
+Claim (iii) of the paper's section IV-E (similar inference latency across the four models)
+is judged from each run's own numbers (``analysis.claims.latency_verdict``).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from analysis.claims import Verdict, latency_verdict
 from analysis.latency import (
     BenchRow,
     BenchTarget,
@@ -33,17 +33,7 @@ from exporters.errors import ExportError
 from exporters.runtime import Provider
 from toolkit.errors import UnknownArchitectureError
 from toolkit.fileio import atomic_path
-from toolkit.models import architecture_names, create_model, get_architecture
-
-SIMILAR_LATENCY = 2.0  # claim (iii) holds if the slowest model is within 2x of the fastest
-MODEST_MEMORY = 1.10  # claim (i) holds if skips add at most 10% training activation memory
-
-
-@dataclass(frozen=True)
-class Verdict:
-    claim: str
-    verdict: str  # "supported", "not supported", "not measured"
-    evidence: str
+from toolkit.models import create_model, get_architecture
 
 
 @dataclass(frozen=True)
@@ -230,36 +220,6 @@ def run_bench(
 
 def _gflops(target: BenchTarget, stats: LatencyStats) -> float | None:
     return 2 * target.macs * stats.images_per_s / 1e9 if target.macs else None
-
-
-def latency_verdict(rows: list[BenchRow], provider: str) -> Verdict:
-    """Claim (iii): inference latency is similar across the four models at 32x32."""
-    claim = "(iii) inference latency is similar across the models for 32x32 inputs"
-    paper = set(architecture_names())
-    ort_rows = [r for r in rows if r.engine == "onnxruntime" and r.precision == "fp32"]
-    by_batch: dict[int, dict[str, float]] = {}
-    for r in ort_rows:
-        arch = r.model if r.model in paper else None
-        if arch:
-            by_batch.setdefault(r.stats.batch, {})[arch] = r.stats.mean_ms
-    complete = {b: v for b, v in by_batch.items() if set(v) == paper}
-    if not complete:
-        return Verdict(claim, "not measured", "bench all four architectures to judge it")
-    parts, worst = [], 0.0
-    for batch, means in sorted(complete.items()):
-        slow, fast = max(means, key=means.get), min(means, key=means.get)  # type: ignore[arg-type]
-        ratio = means[slow] / means[fast]
-        worst = max(worst, ratio)
-        parts.append(
-            f"batch {batch}: {slow} {means[slow]:.2f} ms / {fast} {means[fast]:.2f} ms "
-            f"= {ratio:.1f}x"
-        )
-    verdict = "supported" if worst <= SIMILAR_LATENCY else "not supported"
-    return Verdict(
-        claim,
-        verdict,
-        f"{provider}: " + "; ".join(parts) + f" (similar means <= {SIMILAR_LATENCY:.0f}x)",
-    )
 
 
 def save_report(

@@ -6,13 +6,25 @@ and the rule that turned them into the verdict. Nothing here assumes the paper i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from analysis.bench import Verdict
 from analysis.gradients import GradientProfile
+from analysis.latency import BenchRow
 from analysis.report import CompareRow
+from analysis.train_bench import TrainStepResult
+from toolkit.models import architecture_names
 
 UNIFORM_RATIO = 10.0  # "nearly uniform" gradients: first/last layer RMS within 10x either way
+SIMILAR_LATENCY = 2.0  # claim 5(iii) holds if the slowest model is within 2x of the fastest
+MODEST_MEMORY = 1.10  # claim 5(i) holds if skips add at most 10% training activation memory
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    verdict: str  # "supported", "not supported", "not measured"
+    evidence: str
 
 
 def _acc(rows: list[CompareRow]) -> dict[str, float]:
@@ -124,3 +136,50 @@ def epochs_claim(rows: list[CompareRow]) -> Verdict:
         )
     verdict = "supported" if a.epochs < b.epochs else "not supported"
     return Verdict(claim, verdict, f"ResNet-18 ran {a.epochs} epochs, no-skip {b.epochs}")
+
+
+def memory_verdict(results: list[TrainStepResult]) -> Verdict:
+    """Claim (i): the memory overhead of skip connections is modest."""
+    claim = "5(i). the memory overhead of skip connections is modest"
+    by_arch = {r.arch: r for r in results}
+    if not {"resnet18", "resnet18-noskip"} <= by_arch.keys():
+        return Verdict(claim, "not measured", "bench resnet18 and resnet18-noskip together")
+    skip, plain = by_arch["resnet18"], by_arch["resnet18-noskip"]
+    ratio = skip.memory_mb / plain.memory_mb
+    verdict = "supported" if ratio <= MODEST_MEMORY else "not supported"
+    evidence = (
+        f"resnet18 {skip.memory_mb:.1f} MiB vs resnet18-noskip {plain.memory_mb:.1f} MiB "
+        f"= {ratio:.3f}x at batch {skip.batch} ({skip.memory_method}; modest means "
+        f"<= {MODEST_MEMORY:.2f}x)"
+    )
+    return Verdict(claim, verdict, evidence)
+
+
+def latency_verdict(rows: list[BenchRow], provider: str) -> Verdict:
+    """Claim (iii): inference latency is similar across the four models at 32x32."""
+    claim = "5(iii). inference latency is similar across the models for 32x32 inputs"
+    paper = set(architecture_names())
+    ort_rows = [r for r in rows if r.engine == "onnxruntime" and r.precision == "fp32"]
+    by_batch: dict[int, dict[str, float]] = {}
+    for r in ort_rows:
+        arch = r.model if r.model in paper else None
+        if arch:
+            by_batch.setdefault(r.stats.batch, {})[arch] = r.stats.mean_ms
+    complete = {b: v for b, v in by_batch.items() if set(v) == paper}
+    if not complete:
+        return Verdict(claim, "not measured", "bench all four architectures to judge it")
+    parts, worst = [], 0.0
+    for batch, means in sorted(complete.items()):
+        slow, fast = max(means, key=means.get), min(means, key=means.get)  # type: ignore[arg-type]
+        ratio = means[slow] / means[fast]
+        worst = max(worst, ratio)
+        parts.append(
+            f"batch {batch}: {slow} {means[slow]:.2f} ms / {fast} {means[fast]:.2f} ms "
+            f"= {ratio:.1f}x"
+        )
+    verdict = "supported" if worst <= SIMILAR_LATENCY else "not supported"
+    return Verdict(
+        claim,
+        verdict,
+        f"{provider}: " + "; ".join(parts) + f" (similar means <= {SIMILAR_LATENCY:.0f}x)",
+    )

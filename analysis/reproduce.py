@@ -9,19 +9,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.bench import BenchReport, Verdict, resolve_targets, run_bench
+from analysis.bench import BenchReport, resolve_targets, run_bench
 from analysis.claims import (
+    Verdict,
     ablation_claim,
     accuracy_claim,
     convergence_claim,
     epochs_claim,
     gradient_claim,
+    memory_verdict,
 )
 from analysis.gradients import GradientProfile, profile_source
 from analysis.metrics import class_report, confusion, predict_test
 from analysis.plots import confusion_heatmap, gradient_flow, training_curves
 from analysis.report import CompareRow, compare_runs, read_history, table_markdown
-from analysis.train_bench import bench_train_step, memory_verdict
+from analysis.train_bench import bench_train_step
 from exporters.convert import export_onnx
 from toolkit.data import Dataset
 from toolkit.fileio import atomic_path

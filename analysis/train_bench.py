@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from analysis.bench import MODEST_MEMORY, Verdict
 from toolkit.models import create_model
 
 CPU_METHOD = "activation bytes saved for backward (saved_tensors_hooks, distinct storages)"
@@ -83,20 +82,3 @@ def bench_train_step(
     return TrainStepResult(
         arch, batch, device, batch / step_s, step_s * 1e3, memory / 2**20, method
     )
-
-
-def memory_verdict(results: list[TrainStepResult]) -> Verdict:
-    """Claim (i): the memory overhead of skip connections is modest."""
-    claim = "(i) the memory overhead of skip connections is modest"
-    by_arch = {r.arch: r for r in results}
-    if not {"resnet18", "resnet18-noskip"} <= by_arch.keys():
-        return Verdict(claim, "not measured", "bench resnet18 and resnet18-noskip together")
-    skip, plain = by_arch["resnet18"], by_arch["resnet18-noskip"]
-    ratio = skip.memory_mb / plain.memory_mb
-    verdict = "supported" if ratio <= MODEST_MEMORY else "not supported"
-    evidence = (
-        f"resnet18 {skip.memory_mb:.1f} MiB vs resnet18-noskip {plain.memory_mb:.1f} MiB "
-        f"= {ratio:.3f}x at batch {skip.batch} ({skip.memory_method}; modest means "
-        f"<= {MODEST_MEMORY:.2f}x)"
-    )
-    return Verdict(claim, verdict, evidence)

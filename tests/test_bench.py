@@ -9,9 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from analysis.bench import latency_verdict, resolve_targets, run_bench
+from analysis.bench import resolve_targets, run_bench
+from analysis.claims import latency_verdict, memory_verdict
 from analysis.latency import BenchRow, stats_from, time_calls
-from analysis.train_bench import bench_train_step, memory_verdict
+from analysis.train_bench import bench_train_step
 from exporters.errors import ExportError
 from exporters.runtime import create_session
 from toolkit.cli import app

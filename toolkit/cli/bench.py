@@ -119,7 +119,8 @@ def bench(
 
 
 def _bench_train(archs: list[str], *, batch: int, json_path: Path | None) -> None:
-    from analysis.train_bench import bench_train_step, memory_verdict
+    from analysis.claims import memory_verdict
+    from analysis.train_bench import bench_train_step
     from toolkit.models import architecture_names, get_architecture
     from toolkit.training import resolve_device
 
