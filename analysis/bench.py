@@ -30,7 +30,7 @@ from analysis.latency import (
 )
 from analysis.params import count_macs
 from exporters.errors import ExportError
-from exporters.runtime import Provider
+from exporters.runtime import Provider, ProviderUnavailableError
 from toolkit.errors import UnknownArchitectureError
 from toolkit.fileio import atomic_path
 from toolkit.models import create_model, get_architecture
@@ -49,9 +49,17 @@ class BenchReport:
     notes: list[str]
 
 
-def _shape_from_model(path: Path, fill: tuple[int, ...] | None) -> tuple[int, ...]:
+def _load(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
+
+
+def _shape_from_model(
+    model: onnx.ModelProto, path: Path, fill: tuple[int, ...] | None
+) -> tuple[int, ...]:
     """Per-image input shape from the graph; ``fill`` supplies dynamic dimensions."""
-    model = onnx.load(str(path), load_external_data=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if None in shape:
@@ -64,13 +72,9 @@ def _shape_from_model(path: Path, fill: tuple[int, ...] | None) -> tuple[int, ..
     return tuple(int(d) for d in shape)  # type: ignore[arg-type]
 
 
-def _props(path: Path) -> dict[str, str]:
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def _from_onnx(path: Path, fill: tuple[int, ...] | None, name: str | None = None) -> BenchTarget:
-    props = _props(path)
+    graph = _load(path)
+    props = {p.key: p.value for p in graph.metadata_props}
     arch = props.get("rtk.arch")
     # Latency does not depend on weights: eager runs a fresh model of the same architecture.
     model = create_model(arch) if arch else None
@@ -78,8 +82,9 @@ def _from_onnx(path: Path, fill: tuple[int, ...] | None, name: str | None = None
         name=name or arch or path.stem,
         onnx_path=path,
         precision=props.get("rtk.precision", "fp32"),
+        arch=arch,
         torch_model=model,
-        input_shape=_shape_from_model(path, fill),
+        input_shape=_shape_from_model(graph, path, fill),
         macs=count_macs(model) if model is not None else None,
     )
 
@@ -124,7 +129,9 @@ def resolve_targets(
             onnx.helper.set_model_props(proto, {"rtk.arch": arch.name, "rtk.precision": "fp32"})
             onnx.save(proto, str(out))
             targets.append(
-                BenchTarget(arch.name, out, "fp32", model, (3, 32, 32), count_macs(model))
+                BenchTarget(
+                    arch.name, out, "fp32", arch.name, model, (3, 32, 32), count_macs(model)
+                )
             )
             notes.append(
                 f"{arch.name}: freshly initialised weights (latency does not depend on them)"
@@ -153,6 +160,11 @@ def run_bench(
     # Refuse an unavailable provider before anything is timed, so no CPU number is ever
     # measured (let alone recorded) under a GPU label.
     create_session(targets[0].onnx_path, provider, threads=threads)
+    if provider != "cpu" and compare_torch and not torch.cuda.is_available():
+        raise ProviderUnavailableError(
+            f"ONNX Runtime runs {provider}, but PyTorch sees no CUDA for the eager comparison; "
+            "pass --no-compare-torch or install a CUDA build of PyTorch"
+        )
     if threads is not None:
         torch.set_num_threads(threads)
     device = "cuda" if provider in ("cuda", "tensorrt") else "cpu"
@@ -161,7 +173,8 @@ def run_bench(
     for target in targets:
         for batch in batch_sizes:
             eager: LatencyStats | None = None
-            if compare_torch and target.torch_model is not None:
+            # Eager is fp32: timed once per architecture and batch, beside the fp32 export.
+            if compare_torch and target.torch_model is not None and target.precision == "fp32":
                 eager = bench_torch(
                     target.torch_model,
                     batch,
@@ -185,14 +198,15 @@ def run_bench(
             running = info.running
             speedup = eager.mean_ms / stats.mean_ms if eager is not None else None
             ort_row = BenchRow(
-                target.name, target.precision, "onnxruntime", info.running, stats, speedup,
+                target.name, target.arch, target.precision, "onnxruntime", info.running, stats,
+                speedup,
                 _gflops(target, stats),
             )  # fmt: skip
             rows.append(ort_row)
             if eager is not None:
                 label = "torch-eager" + (" channels_last" if channels_last else "")
                 eager_row = BenchRow(
-                    target.name, "fp32", label, f"torch {device}", eager, None,
+                    target.name, target.arch, "fp32", label, f"torch {device}", eager, None,
                     _gflops(target, eager),
                 )  # fmt: skip
                 rows.append(eager_row)

@@ -162,9 +162,8 @@ def latency_verdict(rows: list[BenchRow], provider: str) -> Verdict:
     ort_rows = [r for r in rows if r.engine == "onnxruntime" and r.precision == "fp32"]
     by_batch: dict[int, dict[str, float]] = {}
     for r in ort_rows:
-        arch = r.model if r.model in paper else None
-        if arch:
-            by_batch.setdefault(r.stats.batch, {})[arch] = r.stats.mean_ms
+        if r.arch in paper:
+            by_batch.setdefault(r.stats.batch, {})[r.arch] = r.stats.mean_ms
     complete = {b: v for b, v in by_batch.items() if set(v) == paper}
     if not complete:
         return Verdict(claim, "not measured", "bench all four architectures to judge it")

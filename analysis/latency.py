@@ -35,6 +35,7 @@ class LatencyStats:
 @dataclass(frozen=True)
 class BenchRow:
     model: str
+    arch: str | None  # the rtk architecture, where the model says (claims group by it)
     precision: str
     engine: str  # "onnxruntime" or "torch-eager"
     provider: str  # the provider/device that actually ran, verified
@@ -60,6 +61,7 @@ class BenchTarget:
     name: str
     onnx_path: Path
     precision: str
+    arch: str | None = None
     torch_model: torch.nn.Module | None = field(default=None, repr=False)
     input_shape: tuple[int, ...] = (3, 32, 32)  # per image, without the batch
     macs: int | None = None  # per image, from the PyTorch twin

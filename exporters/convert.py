@@ -134,7 +134,7 @@ def export_onnx(
     checkpoint = checkpoint_of(target)
     payload = load_checkpoint(checkpoint)
     support = opset_support()
-    opset = opset or support.default
+    opset = support.default if opset is None else opset
     if not MIN_OPSET <= opset <= support.default:
         raise ExportError(
             f"opset {opset} is outside what the exporter and ONNX Runtime both support "
@@ -150,6 +150,8 @@ def export_onnx(
 
     results = []
     fp32_path = folder / f"{stem}.onnx"
+    for precision in ("fp16", "int8"):  # copies of an older export would no longer match it
+        (folder / f"{stem}.{precision}.onnx").unlink(missing_ok=True)
     with atomic_path(fp32_path) as tmp:
         onnx.save(proto, tmp)
         fp32_report = validate_export(

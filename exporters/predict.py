@@ -66,6 +66,10 @@ def read_meta(
             "for example --classes cat,dog --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5"
         )
     assert chosen_classes and chosen_mean and chosen_std
+    if len(chosen_mean) != 3 or len(chosen_std) != 3 or min(chosen_std) <= 0:
+        raise MetadataError(
+            f"--mean and --std take 3 values each (std > 0), got {chosen_mean} and {chosen_std}"
+        )
     size = [d if isinstance(d, int) else None for d in input_shape[1:]]
     if len(size) != 3 or any(d is None for d in size):
         size = json.loads(props.get("rtk.input_size", "[3, 32, 32]"))

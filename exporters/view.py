@@ -40,6 +40,8 @@ def serve(model: Path, *, host: str = "127.0.0.1", port: int | None = None, brow
 
     if not model.is_file():
         raise ExportError(f"model {model} does not exist")
+    if port is not None and not 1 <= port <= 65535:
+        raise ExportError(f"--port must be between 1 and 65535, got {port}")
     port = port or free_port(host)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # netron prints; only the CLI may

@@ -148,8 +148,10 @@ def test_training_step_benchmark_and_memory_claim():
 
 
 def _row(model: str, batch: int, mean_ms: float) -> BenchRow:
+    # Named like a run directory: the claim must group by the architecture, not the name.
+    stats = stats_from([mean_ms / 1e3] * 2, batch)
     return BenchRow(
-        model, "fp32", "onnxruntime", "CPUExecutionProvider", stats_from([mean_ms / 1e3] * 2, batch)
+        f"{model}-20261122", model, "fp32", "onnxruntime", "CPUExecutionProvider", stats
     )
 
 
@@ -161,3 +163,21 @@ def test_latency_claim_is_judged_from_the_numbers():
     verdict = latency_verdict(spread, "cpu")
     assert verdict.verdict == "not supported" and "16.0x" in verdict.evidence
     assert latency_verdict(spread[:3], "cpu").verdict == "not measured"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["baseline-cnn", "--iters", "0"], "--iters and --threads must be at least 1"),
+        (["baseline-cnn", "--threads", "0"], "--iters and --threads must be at least 1"),
+        (["baseline-cnn", "--batch-sizes", "1,x"], "--batch-sizes takes positive integers"),
+        (["corrupt.onnx"], "is not a readable ONNX model"),
+        (["resnet50"], "is not an ONNX file, a run directory or unknown architecture"),
+    ],
+)
+def test_bench_faults_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path):
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
+    args = [str(tmp_path / a) if a.endswith(".onnx") else a for a in args]
+    result = run_cli("bench", *args, "--runs", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -101,7 +101,7 @@ def test_failed_validation_leaves_no_file(
     dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     run = write_checkpoint(tmp_path / "run", "baseline-cnn")
-    monkeypatch.setattr(validate, "INT8_MAX_DROP", -1.0)  # no INT8 copy can pass now
+    monkeypatch.setattr(validate, "MAX_ACC_DROP", -1.0)  # no INT8 copy can pass now
     with pytest.raises(ExportError, match=r"model.int8.onnx failed validation: INT8 accuracy"):
         export_onnx(run, dataset=dataset, int8=True, calib_images=32, parity_images=PARITY)
     names = sorted(p.name for p in run.iterdir())
@@ -186,6 +186,8 @@ def test_predict_without_metadata_needs_flags(imagefolder: Path, tmp_path: Path)
         ("bad-image", "cannot read image"),
         ("missing-image", "does not exist"),
         ("cuda", "asked for cuda"),
+        ("bad-mean", "expected numbers separated by commas"),
+        ("short-std", "--mean and --std take 3 values each"),
     ],
 )
 def test_predict_faults_are_one_line_exit_2(
@@ -205,6 +207,10 @@ def test_predict_faults_are_one_line_exit_2(
         args[1] = str(tmp_path / "nope.jpg")
     elif case == "cuda":
         args += ["--provider", "cuda"]
+    elif case == "bad-mean":
+        args[5] = "a,b,c"
+    elif case == "short-std":
+        args[7] = "1,1"
     result = run_cli("predict", *args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -230,6 +236,12 @@ def test_export_cli_faults(dataset: Dataset, imagefolder: Path, tmp_path: Path):
     good = run_cli("export", "--onnx", "--runs", str(tmp_path), "--json", *data)
     assert good.exit_code == 0, good.stderr
     assert json.loads(good.stdout)[0]["parity"]["agreement"] == 1.0
+
+
+def test_view_rejects_a_port_out_of_range(tmp_path: Path):
+    model = _bare_model(tmp_path / "m.onnx")
+    result = run_cli("view", str(model), "--port", "70000", "--no-browser")
+    assert result.exit_code == 2 and "--port must be between 1 and 65535" in result.stderr
 
 
 def test_netron_serves_the_model_over_http(dataset: Dataset, tmp_path: Path):

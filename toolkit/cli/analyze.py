@@ -3,7 +3,6 @@ curves, the paper's Table I)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -47,10 +46,10 @@ def gradients(
         notice(f"wrote {gradient_flow(profiles, plot)}")
     if history_plot is not None:
         from analysis.plots import gradients_over_training
+        from analysis.report import read_history
 
         run = Path(sources[0])
-        rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-        notice(f"wrote {gradients_over_training(run.name, rows, history_plot)}")
+        notice(f"wrote {gradients_over_training(run.name, read_history(run), history_plot)}")
     if as_json:
         print_json(profiles)
         return

@@ -45,7 +45,13 @@ def bench(
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the rows as CSV here."),
 ) -> None:
     """Benchmark inference with ONNX Runtime beside PyTorch eager, and judge claim (iii)."""
+    from toolkit.errors import RtkError
+
     models = models or []
+    if (iters is not None and iters < 1) or (threads is not None and threads < 1):
+        raise RtkError("--iters and --threads must be at least 1")
+    if warmup < 0 or seconds <= 0:
+        raise RtkError("--warmup must be 0 or more and --seconds positive")
     if models[:1] == ["train"]:
         sizes = _ints(batch_sizes, "--batch-sizes")
         return _bench_train(

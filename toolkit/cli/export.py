@@ -95,7 +95,14 @@ def export(
 
 
 def _floats(text: str | None) -> list[float] | None:
-    return [float(v) for v in text.split(",")] if text else None
+    from exporters.errors import MetadataError
+
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise MetadataError(f"expected numbers separated by commas, got {text!r}") from exc
 
 
 def predict(
