@@ -224,7 +224,16 @@ def _markdown(
             f"| {r.model} | {r.engine} | {r.stats.batch} | {r.stats.mean_ms:.3f} | "
             f"{r.stats.images_per_s:,.0f} | {speed} |"
         )
-    lines += ["", "## Claims", "", "| claim | verdict | the numbers |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Claims",
+        "",
+        f"Each verdict judges the runs above, trained under the `{budget.name}` budget; claims "
+        "about accuracy and convergence speak for the paper only under the full budget.",
+        "",
+        "| claim | verdict | the numbers |",
+        "|---|---|---|",
+    ]
     for v in verdicts:
         lines.append(f"| {v.claim} | **{v.verdict}** | {v.evidence} |")
     lines += ["", "## Figures", ""]
