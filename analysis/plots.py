@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only: these machines and CI have no display
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis.gradients import GradientProfile
 from analysis.metrics import Confusion
@@ -79,6 +80,7 @@ def gradient_flow(profiles: list[GradientProfile], path: Path, *, rms: bool = Fa
             label=f"{profile.model} ({profile.at})",
         )  # fmt: skip
     axes.set_yscale("log")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("weight layer, input to output (shortcut projections left out)")
     measure = "RMS (L2 norm / sqrt(weights))" if rms else "L2 norm"
     axes.set_ylabel(f"gradient {measure}")
