@@ -21,7 +21,9 @@ class CompareRow:
     train_min: float
     paper_train_min: float
     epochs: int
+    max_epochs: int
     stopped_early: bool
+    train_images: int
     params: int
     paper_params: int
     device: str
@@ -49,6 +51,7 @@ def compare_runs(runs: list[Path]) -> list[CompareRow]:
     rows = []
     for run in runs:
         metrics = _read_json(run / "metrics.json", "the run has not finished")
+        config = _read_json(run / "config.json", "is it an rtk run directory?")
         arch = get_architecture(metrics["arch"])
         params = sum(p.numel() for p in arch.build().parameters())
         rows.append(
@@ -61,7 +64,9 @@ def compare_runs(runs: list[Path]) -> list[CompareRow]:
                 train_min=float(metrics["train_s"]) / 60,
                 paper_train_min=arch.paper_train_min,
                 epochs=int(metrics["epochs_run"]),
+                max_epochs=int(config["settings"]["epochs"]),
                 stopped_early=bool(metrics["stopped_early"]),
+                train_images=int(config["data"]["train_images"]),
                 params=params,
                 paper_params=arch.paper_params,
                 device=str(metrics.get("device", "?")),
@@ -71,16 +76,24 @@ def compare_runs(runs: list[Path]) -> list[CompareRow]:
     return sorted(rows, key=lambda r: (order.get(r.arch, len(order)), r.run))
 
 
+# Epochs and training images per run: a row reused from another budget says how it was trained.
+TABLE_COLUMNS = (
+    "model", "run", "test acc", "paper", "difference", "train min", "paper min", "epochs",
+    "train images", "params",
+)  # fmt: skip
+
+
+def table_cells(r: CompareRow) -> list[str]:
+    early = ", early stop" if r.stopped_early else ""
+    return [
+        r.model, r.run, f"{r.test_acc:.2%}", f"{r.paper_test_acc:.1%}",
+        f"{(r.test_acc - r.paper_test_acc) * 100:+.1f} pt", f"{r.train_min:.1f} ({r.device})",
+        f"{r.paper_train_min:g}", f"{r.epochs} of {r.max_epochs}{early}", f"{r.train_images:,}",
+        f"{r.params:,}",
+    ]  # fmt: skip
+
+
 def table_markdown(rows: list[CompareRow]) -> str:
-    lines = [
-        "| model | run | test acc | paper | difference | train min | paper min | epochs | params |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        early = " (early stop)" if r.stopped_early else ""
-        lines.append(
-            f"| {r.model} | {r.run} | {r.test_acc:.2%} | {r.paper_test_acc:.1%} | "
-            f"{(r.test_acc - r.paper_test_acc) * 100:+.1f} pt | {r.train_min:.1f} ({r.device}) | "
-            f"{r.paper_train_min:g} | {r.epochs}{early} | {r.params:,} |"
-        )
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"

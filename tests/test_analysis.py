@@ -130,12 +130,15 @@ def test_paper_models_first_to_last_ratio(dataset: Dataset):
     assert ratios["baseline-cnn"] < 1
 
 
-def test_table_one_from_runs(trained_run: Path, tmp_path: Path):
+def test_table_one_from_runs(trained_run: Path, dataset: Dataset):
     (rows,) = compare_runs([trained_run])
     assert rows.model == "Baseline CNN" and rows.paper_test_acc == pytest.approx(0.841)
     assert rows.params == 391_946 and rows.epochs == 2
+    # How the run was trained travels with its row: a reused run cannot pass for another budget.
+    assert rows.max_epochs == 2 and rows.train_images == len(dataset.train) - 50
     markdown = table_markdown([rows])
     assert markdown.startswith("| model | run | test acc | paper |") and "84.1%" in markdown
+    assert f"| 2 of 2 | {rows.train_images:,} | 391,946 |" in markdown
     result = run_cli("report", "compare", str(trained_run), "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)[0]["arch"] == "baseline-cnn"
 

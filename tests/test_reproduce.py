@@ -14,6 +14,7 @@ TINY = Budget(
     per_model={
         a: {"epochs": 1, "train_subset": 64, "batch_size": 32} for a in architecture_names()
     },
+    val_size=50,
     grad_batches=1,
     bench_batches=(1,),
     bench_seconds=0.05,
@@ -31,12 +32,13 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     said: list[str] = []
     result = reproduce(
         budget=TINY, models=architecture_names(), out=tmp_path, dataset=dataset,
-        say=said.append, val_size=50,
+        say=said.append,
     )  # fmt: skip
     text = result.report.read_text()
     positions = [text.index(section) for section in SECTIONS]
     assert positions == sorted(positions)
     assert "Budget `tiny`: 1 epoch on 64 images per model" in text
+    assert "Trained before this command" not in text
     for arch in architecture_names():
         assert f"| {arch} |" in text
         assert (tmp_path / "runs" / arch / "model.onnx").is_file()
@@ -51,6 +53,7 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/*.pt")}
     said.clear()
     reproduce(budget=TINY, models=["baseline-cnn"], out=tmp_path, dataset=dataset,
-              say=said.append, val_size=50)  # fmt: skip
+              say=said.append)  # fmt: skip
     assert said[0].startswith("baseline-cnn: reused")
+    assert "Trained before this command and reused: baseline-cnn;" in result.report.read_text()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())

@@ -192,7 +192,7 @@ def compare(
     as_json: bool = JsonOption,
 ) -> None:
     """The paper's Table I beside this machine's runs: accuracy, time, epochs, parameters."""
-    from analysis.report import compare_runs, table_markdown
+    from analysis.report import TABLE_COLUMNS, compare_runs, table_cells, table_markdown
 
     rows = compare_runs(runs or sorted(p.parent for p in runs_dir.glob("*/metrics.json")))
     if markdown is not None:
@@ -205,22 +205,8 @@ def compare(
         print_json(rows)
         return
     table = Table(title="Table I: this machine's runs beside the paper's")
-    for column in (
-        "model",
-        "run",
-        "test acc",
-        "paper",
-        "diff",
-        "train min",
-        "paper min",
-        "epochs",
-        "params",
-    ):
+    for column in TABLE_COLUMNS:
         table.add_column(column, justify="left" if column in ("model", "run") else "right")
     for r in rows:
-        table.add_row(
-            r.model, r.run, f"{r.test_acc:.2%}", f"{r.paper_test_acc:.1%}",
-            f"{(r.test_acc - r.paper_test_acc) * 100:+.1f} pt", f"{r.train_min:.1f}",
-            f"{r.paper_train_min:g}", str(r.epochs), f"{r.params:,}",
-        )  # fmt: skip
+        table.add_row(*table_cells(r))
     console.print(table)
