@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -311,7 +312,11 @@ def test_netron_renders_the_graph_in_a_real_browser(dataset: Dataset, tmp_path: 
             assert op in text, op
         driver.save_screenshot(str(tmp_path / "netron.png"))
         assert (tmp_path / "netron.png").stat().st_size > 10_000
+        # Ctrl-C, the documented way to stop it, is a clean stop: exit code 0.
+        view.send_signal(signal.SIGINT)
+        assert view.wait(timeout=10) == 0, view.stderr.read()
     finally:
         driver.quit()
-        view.terminate()
-        view.wait(timeout=10)
+        if view.poll() is None:
+            view.terminate()
+            view.wait(timeout=10)

@@ -160,5 +160,7 @@ def view(
         err_console.print("[dim]no display here: open the URL in a browser[/]")
     try:
         netron.wait()
+    except KeyboardInterrupt:  # Ctrl-C is how a user ends a viewing session: a clean stop
+        notice("netron stopped")
     finally:
         netron.stop((served.host, served.port))
