@@ -53,6 +53,27 @@ def test_data_info_table(imagefolder: Path):
     assert "hit" in rtk("data", "info", "--data", str(imagefolder), "--val-size", "50").stdout
 
 
+def test_data_clean_removes_the_cache_and_the_next_load_rebuilds_it(imagefolder: Path):
+    info = json.loads(
+        rtk("data", "info", "--data", str(imagefolder), "--val-size", "50", "--json").stdout
+    )
+    cache = Path(info["cache_path"])
+    stale = cache.with_name(f".{cache.name}.abc123.tmp")  # left by a writer killed mid-write
+    stale.write_bytes(b"partial")
+    size = cache.stat().st_size
+    result = rtk("data", "clean", "--json")
+    assert result.exit_code == 0, result.stderr
+    cleanup = json.loads(result.stdout)
+    assert sorted(cleanup["removed"]) == sorted([str(cache), str(stale)])
+    assert cleanup["freed_bytes"] == size + len(b"partial")
+    assert not cache.exists() and not stale.exists()
+    assert "nothing to remove" in rtk("data", "clean").stdout
+    again = json.loads(
+        rtk("data", "info", "--data", str(imagefolder), "--val-size", "50", "--json").stdout
+    )
+    assert again["from_cache"] is False and Path(again["cache_path"]).is_file()
+
+
 def test_data_info_json_from_rtk_data(cifar_tarball: Path):
     result = rtk("data", "info", "--json", "--val-size", "20", env={"RTK_DATA": str(cifar_tarball)})
     assert result.exit_code == 0, result.stderr

@@ -53,3 +53,20 @@ def info(
     for row in summary.classes:
         per_class.add_row(row.name, f"{row.train:,}", f"{row.val:,}", f"{row.test:,}")
     console.print(per_class)
+
+
+@app.command("clean")
+def clean(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Delete rtk's decoded-dataset cache (one ~180 MB file per source; $RTK_CACHE_DIR)."""
+    from toolkit.data import clear_cache
+
+    result = clear_cache()
+    if as_json:
+        print_json(result)
+        return
+    if not result.removed:
+        console.print(f"nothing to remove in {result.directory}")
+        return
+    for path in result.removed:
+        console.print(f"removed {path}")
+    console.print(f"freed {result.freed_bytes / 2**20:,.1f} MiB")
