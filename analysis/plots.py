@@ -69,25 +69,27 @@ def training_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> P
     return _save(figure, path)
 
 
-def gradient_flow(profiles: list[GradientProfile], path: Path, *, rms: bool = False) -> Path:
-    """Per-layer gradient magnitude against depth, log scale (the paper's Fig. 3)."""
-    figure, axes = plt.subplots(figsize=(10, 5.5))
-    for profile in profiles:
-        main = [layer for layer in profile.layers if layer.kind != "shortcut"]
-        values = [layer.rms_mean if rms else layer.norm_mean for layer in main]
-        axes.plot(
-            range(1, len(main) + 1), values, marker="o", markersize=3,
-            label=f"{profile.model} ({profile.at})",
-        )  # fmt: skip
-    axes.set_yscale("log")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("weight layer, input to output (shortcut projections left out)")
-    measure = "RMS (L2 norm / sqrt(weights))" if rms else "L2 norm"
-    axes.set_ylabel(f"gradient {measure}")
+def gradient_flow(profiles: list[GradientProfile], path: Path) -> Path:
+    """Per-layer gradient magnitude against depth, log scale (the paper's Fig. 3): the raw L2
+    norm the paper plots, and beside it the RMS, since raw norms grow with a layer's size."""
+    figure, panels = plt.subplots(1, 2, figsize=(14, 5.5), sharex=True)
+    measures = (("L2 norm", "norm_mean"), ("RMS (L2 norm / sqrt(weights))", "rms_mean"))
+    for axes, (measure, field) in zip(panels, measures, strict=True):
+        for profile in profiles:
+            main = [layer for layer in profile.layers if layer.kind != "shortcut"]
+            axes.plot(
+                range(1, len(main) + 1), [getattr(layer, field) for layer in main], marker="o",
+                markersize=3, label=f"{profile.model} ({profile.at})",
+            )  # fmt: skip
+        axes.set_yscale("log")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("weight layer, input to output (shortcut projections left out)")
+        axes.set_ylabel(f"gradient {measure}")
+        axes.set_title(f"weight-gradient {measure}")
+        axes.grid(alpha=0.3, which="both")
+    panels[0].legend(fontsize=8)
     batches = profiles[0].batches if profiles else 0
-    axes.set_title(f"Gradient flow: per-layer weight-gradient {measure}, mean of {batches} batches")
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8)
+    figure.suptitle(f"Gradient flow per layer, mean of {batches} training batches")
     return _save(figure, path)
 
 
