@@ -60,13 +60,15 @@ def test_data_clean_removes_the_cache_and_the_next_load_rebuilds_it(imagefolder:
     cache = Path(info["cache_path"])
     stale = cache.with_name(f".{cache.name}.abc123.tmp")  # left by a writer killed mid-write
     stale.write_bytes(b"partial")
+    mine = cache.with_name("cifar10-best.pt")  # a user's file in a shared cache dir: kept
+    mine.write_bytes(b"weights")
     size = cache.stat().st_size
     result = rtk("data", "clean", "--json")
     assert result.exit_code == 0, result.stderr
     cleanup = json.loads(result.stdout)
     assert sorted(cleanup["removed"]) == sorted([str(cache), str(stale)])
     assert cleanup["freed_bytes"] == size + len(b"partial")
-    assert not cache.exists() and not stale.exists()
+    assert not cache.exists() and not stale.exists() and mine.read_bytes() == b"weights"
     assert "nothing to remove" in rtk("data", "clean").stdout
     again = json.loads(
         rtk("data", "info", "--data", str(imagefolder), "--val-size", "50", "--json").stdout

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from PIL import Image
@@ -38,7 +39,7 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     positions = [text.index(section) for section in SECTIONS]
     assert positions == sorted(positions)
     assert "Budget `tiny`: 1 epoch on 64 images per model" in text
-    assert "Trained before this command" not in text
+    assert "Trained under other settings" not in text
     for arch in architecture_names():
         assert f"| {arch} |" in text
         assert (tmp_path / "runs" / arch / "model.onnx").is_file()
@@ -52,8 +53,12 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     # A rerun reuses every finished run and export.
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/*.pt")}
     said.clear()
-    reproduce(budget=TINY, models=["baseline-cnn"], out=tmp_path, dataset=dataset,
+    longer = dataclasses.replace(
+        TINY, per_model={"baseline-cnn": {**TINY.per_model["baseline-cnn"], "epochs": 2}}
+    )
+    reproduce(budget=longer, models=["baseline-cnn"], out=tmp_path, dataset=dataset,
               say=said.append)  # fmt: skip
     assert said[0].startswith("baseline-cnn: reused")
-    assert "Trained before this command and reused: baseline-cnn;" in result.report.read_text()
+    # The reused run was trained for 1 epoch, not this budget's 2: the report says so.
+    assert "baseline-cnn: epochs 1 (budget: 2)." in result.report.read_text()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())

@@ -270,9 +270,12 @@ def test_resume_refuses_changed_settings_and_finished_runs(imagefolder: Path, tm
         ("--lr", "0.5"): "only --epochs may change (got --lr)",
         (): "already trained all 1 epochs",
     }
+    files = {p.name: p.read_bytes() for p in Path(run).iterdir()}
     for extra, message in cases.items():
         result = runner.invoke(app, ["train", "--resume", run, *extra, *data])
         assert result.exit_code == 2 and message in result.stderr, result.stderr
+    # A refused resume leaves the finished run exactly as it was (metrics.json included).
+    assert {p.name: p.read_bytes() for p in Path(run).iterdir()} == files
     again = runner.invoke(app, [*base, "--out", str(tmp_path), "--name", "r", "--nproc", "2"])
     assert again.exit_code == 2 and "already exists" in again.stderr
     more = runner.invoke(app, ["train", "--resume", run, "--epochs", "2", "--json", *data])

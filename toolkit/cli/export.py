@@ -159,8 +159,6 @@ def view(
     if browser and not served.browser_opened:
         err_console.print("[dim]no display here: open the URL in a browser[/]")
     try:
-        netron.wait()
-    except KeyboardInterrupt:  # Ctrl-C is how a user ends a viewing session: a clean stop
-        notice("netron stopped")
+        netron.wait()  # returns on Ctrl-C (netron stops its servers): a clean stop, exit 0
     finally:
         netron.stop((served.host, served.port))

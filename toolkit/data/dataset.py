@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from toolkit.fileio import atomic_path
 
 CACHE_VERSION = 1  # bump when the cache's layout changes, so old files are rebuilt
 CACHE_PREFIX = "cifar10-"  # cache files are CACHE_PREFIX + a hash of the source + ".pt"
+# A cache file, or atomic_path's temporary for one (".NAME.<random>.tmp").
+_CACHE_NAME = re.compile(
+    rf"{CACHE_PREFIX}[0-9a-f]{{16}}\.pt|\.{CACHE_PREFIX}[0-9a-f]{{16}}\.pt\.\w+\.tmp"
+)
 DEFAULT_VAL_SIZE = 5_000
 DEFAULT_SPLIT_SEED = 0
 
@@ -130,16 +135,21 @@ class CacheCleanup:
 
 def clear_cache(cache_dir: Path | None = None) -> CacheCleanup:
     """Delete every decoded-dataset file (and any temporary left by a killed writer) from the
-    cache directory; the next load decodes its source again (~5 s for 60,000 JPEGs)."""
+    cache directory; the next load decodes its source again (~5 s for 60,000 JPEGs). Only
+    names rtk writes are touched: the directory may be shared."""
     directory = cache_dir or default_cache_dir()
-    files = [*directory.glob(f"{CACHE_PREFIX}*.pt"), *directory.glob(f".{CACHE_PREFIX}*.tmp")]
-    removed, freed = [], 0
-    for path in sorted(files):
+    removed: list[Path] = []
+    freed = 0
+    for path in sorted(directory.glob(f"*{CACHE_PREFIX}*")):
+        if not _CACHE_NAME.fullmatch(path.name):
+            continue
         try:
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:  # another process removed or renamed it meanwhile
             continue
+        except OSError as exc:
+            raise DataError(f"cannot delete {path} ({exc.strerror}); remove it by hand") from exc
         removed.append(path)
         freed += size
     return CacheCleanup(directory, removed, freed)

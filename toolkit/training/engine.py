@@ -340,6 +340,14 @@ class Trainer:
 
     def run(self) -> TrainResult:
         c = self.config
+        stopped_early = self.bad_epochs >= c.patience > 0
+        # Refuse before touching any file: a finished run keeps its metrics.json and config.
+        if self.epoch and (stopped_early or self.epoch >= c.epochs):
+            why = "stopped early" if stopped_early else f"trained all {c.epochs} epochs"
+            raise ConfigError(
+                f"{self.rundir.path} already {why} (epoch {self.epoch}); nothing to resume"
+                + ("" if stopped_early else ": pass a larger --epochs to train further")
+            )
         if self.world.is_main:
             (self.rundir.path / "metrics.json").unlink(missing_ok=True)  # stale while training
             self.rundir.write_config(
@@ -348,13 +356,6 @@ class Trainer:
             if self.epoch == 0:
                 save_checkpoint(self.rundir.path / "last.pt", self._payload(full=True))
             self.rundir.write_history(self.history)
-        stopped_early = self.bad_epochs >= c.patience > 0
-        if self.epoch and (stopped_early or self.epoch >= c.epochs):
-            why = "stopped early" if stopped_early else f"trained all {c.epochs} epochs"
-            raise ConfigError(
-                f"{self.rundir.path} already {why} (epoch {self.epoch}); nothing to resume"
-                + ("" if stopped_early else ": pass a larger --epochs to train further")
-            )
         with _interrupt_as_error(self.rundir):
             while self.epoch < c.epochs and not stopped_early:
                 record = self._train_epoch()
