@@ -46,10 +46,10 @@ class Budget:
 
 
 BUDGETS = {
-    # About 20 minutes on a 2-core CPU (measured: see README). A ResNet-18 costs ~2.5 min here
-    # before it trains at all (10,000 test images in PyTorch and again in ONNX Runtime, export,
-    # gradient passes) and a full epoch ~19 min, so the two ResNet-18s get a small subset; the
-    # two small models see every training image for a few epochs.
+    # 22.8 min measured on a 2-core CPU (see README), 14.5 of them training. A full ResNet-18
+    # epoch takes ~19 min here and each ResNet-18 also pays fixed costs (10,000 test images in
+    # PyTorch and again in ONNX Runtime, export, gradient passes), so the two ResNet-18s get a
+    # small subset; the two small models see every training image for a few epochs.
     "quick": Budget(
         name="quick",
         reduction=(
@@ -211,11 +211,11 @@ def _markdown(
         f"training images (validation held out of them), {len(dataset.test):,} test images.",
         f"- Budget `{budget.name}`: {budget.reduction}.",
     ]
-    lines += [
-        f"- Trained under other settings than this budget's (reused or resumed runs): {arch}: "
-        f"{difference}."
-        for arch, difference in apart.items()
-    ]
+    if apart:
+        runs = "; ".join(f"{arch}: {difference}" for arch, difference in apart.items())
+        lines.append(
+            f"- Trained under other settings than this budget's (reused or resumed runs): {runs}."
+        )
     lines += [
         "",
         "## Table I",

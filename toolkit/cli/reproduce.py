@@ -10,7 +10,7 @@ from toolkit.cli.output import console, err_console, notice, print_json
 
 
 def reproduce(
-    budget: str = typer.Option("quick", help="quick (about 20 min on 2 CPU cores) or full."),
+    budget: str = typer.Option("quick", help="quick (about 23 min on 2 CPU cores) or full."),
     models: list[str] = typer.Option(None, "--models", help="Architectures to include [all four]."),
     out: Path = typer.Option(Path("report"), help="Folder for runs, figures and REPORT.md."),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
