@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import signal
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,13 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("RTK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("RTK_DATA", raising=False)
     monkeypatch.delenv("RTK_DEBUG", raising=False)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT, as Ctrl-C would. A shell's
+    background job (``cmd &``, nohup) starts with SIGINT ignored and passes that on, and
+    Python then installs no KeyboardInterrupt at all: restore the terminal's default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _real_files(split: str, per_class: int) -> list[list[Path]] | None:

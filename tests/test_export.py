@@ -23,7 +23,7 @@ from exporters.opset import opset_support
 from exporters.predict import predict
 from exporters.runtime import ProviderUnavailableError, create_session
 from exporters.view import free_port, serve
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, default_sigint
 from toolkit.cli import app
 from toolkit.data import Dataset, load_dataset
 from toolkit.models import architecture_names
@@ -284,7 +284,7 @@ def test_netron_renders_the_graph_in_a_real_browser(dataset: Dataset, tmp_path: 
     view = subprocess.Popen(
         [str(Path(sys.executable).with_name("rtk")), "view", str(result.onnx_path),
          "--port", str(port), "--no-browser"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )  # fmt: skip
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

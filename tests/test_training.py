@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import default_sigint
 from toolkit.data import Dataset, load_dataset
 from toolkit.training import (
     CheckpointError,
@@ -211,7 +212,9 @@ def test_ctrl_c_saves_and_exits_130_then_kill_9_leaves_whole_checkpoints(
     env = {**os.environ, "COLUMNS": "300"}
     for sig, name in ((signal.SIGINT, "int"), (signal.SIGKILL, "kill")):
         command = [str(Path(sys.executable).with_name("rtk")), *args, "--name", name]
-        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+        process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
+        )
         history = tmp_path / name / "history.jsonl"
         deadline = time.monotonic() + 180  # generous: CI machines are shared
         while time.monotonic() < deadline and not (
