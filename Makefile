@@ -43,6 +43,7 @@ test: lint
 # Speed is measured here, side by side in one run, never asserted in timed unit tests.
 bench: install
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/inference.py
 
 clean:

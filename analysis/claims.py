@@ -122,20 +122,40 @@ def ablation_claim(rows: list[CompareRow], profiles: dict[str, GradientProfile])
     return Verdict(claim, "supported" if lower_acc and lower_flow else "not supported", evidence)
 
 
-def epochs_claim(rows: list[CompareRow]) -> Verdict:
+def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any]]]) -> Verdict:
+    """Claim 5(ii). With early stopping: the epochs each run took. With a fixed schedule (no run
+    stopped early): the epoch at which ResNet-18 first reached the validation accuracy its
+    no-skip twin ended with."""
     claim = "5(ii). faster convergence reduces the epochs needed"
     by = {r.arch: r for r in rows}
     if not {"resnet18", "resnet18-noskip"} <= by.keys():
         return Verdict(claim, "not measured", "needs both ResNet-18 runs")
     a, b = by["resnet18"], by["resnet18-noskip"]
-    if not (a.stopped_early or b.stopped_early):
+    if a.stopped_early or b.stopped_early:
+        verdict = "supported" if a.epochs < b.epochs else "not supported"
+        return Verdict(claim, verdict, f"ResNet-18 ran {a.epochs} epochs, no-skip {b.epochs}")
+    skip = [r["val_acc"] for r in histories.get("resnet18", [])]
+    plain = [r["val_acc"] for r in histories.get("resnet18-noskip", [])]
+    if not skip or not plain or None in skip or None in plain:
         return Verdict(
             claim,
             "not measured",
-            f"neither ResNet-18 run stopped early ({a.epochs} and {b.epochs} epochs, the budget)",
+            f"neither run stopped early ({a.epochs} and {b.epochs} epochs) and there is no "
+            "validation accuracy per epoch to compare",
         )
-    verdict = "supported" if a.epochs < b.epochs else "not supported"
-    return Verdict(claim, verdict, f"ResNet-18 ran {a.epochs} epochs, no-skip {b.epochs}")
+    target = plain[-1]
+    reached = next((i + 1 for i, acc in enumerate(skip) if acc >= target), None)
+    evidence = (
+        f"no-skip ended at {target:.1%} validation accuracy after {len(plain)} epochs; "
+        + (
+            f"ResNet-18 reached it at epoch {reached} of {len(skip)}"
+            if reached
+            else f"ResNet-18 never reached it ({max(skip):.1%} at best)"
+        )
+        + "; rule: reached in fewer epochs"
+    )
+    verdict = "supported" if reached is not None and reached < len(plain) else "not supported"
+    return Verdict(claim, verdict, evidence)
 
 
 def memory_verdict(results: list[TrainStepResult]) -> Verdict:

@@ -84,9 +84,10 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
         classes = json.loads(props["rtk.classes"])
         _check_classes(classes, dataset, source)
         logits = run_onnx(session, normalize(images), batch_size)
+        predicted = logits.argmax(1)
         engine = "onnxruntime"
     else:
-        from toolkit.training import load_checkpoint, model_from_checkpoint
+        from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
 
         checkpoint = source / "best.pt" if source.is_dir() else source
         if source.is_dir() and not checkpoint.is_file():
@@ -94,21 +95,33 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
         payload = load_checkpoint(checkpoint)
         classes = list(payload["classes"])
         _check_classes(classes, dataset, source)
-        model = model_from_checkpoint(payload).eval()
-        with torch.inference_mode():
-            logits = torch.cat(
-                [
-                    model(normalize(images[i : i + batch_size]))
-                    for i in range(0, len(images), batch_size)
-                ]
-            ).numpy()
+        # A finished run kept the predictions of its own test pass: the same weights, the
+        # same images, the same PyTorch forward; no need to run 10,000 images again.
+        stored = (
+            RunDir(source).read_test_predictions(
+                source=str(dataset.source.path), images=len(images)
+            )
+            if source.is_dir()
+            else None
+        )
+        if stored is not None:
+            predicted = np.asarray(stored)
+        else:
+            model = model_from_checkpoint(payload).eval()
+            with torch.inference_mode():
+                predicted = torch.cat(
+                    [
+                        model(normalize(images[i : i + batch_size])).argmax(1)
+                        for i in range(0, len(images), batch_size)
+                    ]
+                ).numpy()
         engine = "pytorch"
     return Predictions(
         source=source,
         engine=engine,
         classes=classes,
         labels=dataset.test.labels.numpy(),
-        predicted=logits.argmax(1),
+        predicted=predicted,
     )
 
 

@@ -16,6 +16,7 @@ class CompareRow:
     model: str  # as Table I names it
     arch: str
     run: str
+    recipe: str
     test_acc: float
     paper_test_acc: float
     train_min: float
@@ -59,6 +60,7 @@ def compare_runs(runs: list[Path]) -> list[CompareRow]:
                 model=arch.paper_name,
                 arch=arch.name,
                 run=run.name,
+                recipe=str(config["settings"].get("recipe", "?")),
                 test_acc=float(metrics["test_acc"]),
                 paper_test_acc=arch.paper_test_acc,
                 train_min=float(metrics["train_s"]) / 60,
@@ -78,7 +80,7 @@ def compare_runs(runs: list[Path]) -> list[CompareRow]:
 
 # Epochs and training images per run: a row reused from another budget says how it was trained.
 TABLE_COLUMNS = (
-    "model", "run", "test acc", "paper", "difference", "train min", "paper min", "epochs",
+    "model", "run", "recipe", "test acc", "paper", "difference", "train min", "paper min", "epochs",
     "train images", "params",
 )  # fmt: skip
 
@@ -86,7 +88,7 @@ TABLE_COLUMNS = (
 def table_cells(r: CompareRow) -> list[str]:
     early = ", early stop" if r.stopped_early else ""
     return [
-        r.model, r.run, f"{r.test_acc:.2%}", f"{r.paper_test_acc:.1%}",
+        r.model, r.run, r.recipe, f"{r.test_acc:.2%}", f"{r.paper_test_acc:.1%}",
         f"{(r.test_acc - r.paper_test_acc) * 100:+.1f} pt", f"{r.train_min:.1f} ({r.device})",
         f"{r.paper_train_min:g}", f"{r.epochs} of {r.max_epochs}{early}", f"{r.train_images:,}",
         f"{r.params:,}",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from PIL import Image
 from sklearn.metrics import classification_report
 from typer.testing import CliRunner
 
+from analysis.claims import epochs_claim
 from analysis.gradients import gradient_profile, profile_source
 from analysis.metrics import Predictions, class_report, confusion, predict_test
 from analysis.plots import confusion_heatmap, gradient_flow, training_curves
-from analysis.report import compare_runs, read_history, table_markdown
+from analysis.report import CompareRow, compare_runs, read_history, table_markdown
 from exporters.convert import export_onnx
 from tests.conftest import CLASSES
 from tests.test_export import _bare_model
@@ -82,6 +84,29 @@ def test_checkpoint_and_onnx_give_identical_reports(dataset: Dataset, trained_ru
     assert class_report(torch_preds).accuracy == pytest.approx(metrics["test_acc"])
 
 
+def test_a_run_directory_reuses_its_own_test_pass_until_best_changes(
+    dataset: Dataset, trained_run: Path
+):
+    stored = json.loads((trained_run / "test_predictions.json").read_text())
+    fresh = predict_test(trained_run / "best.pt", dataset)  # a checkpoint: always predicted
+    assert stored["predicted"] == fresh.predicted.tolist()
+    assert (
+        stored["best_epoch"] == json.loads((trained_run / "metrics.json").read_text())["best_epoch"]
+    )
+    # From the run directory, the stored pass stands in for a forward over the test split.
+    forged = [(p + 1) % 10 for p in stored["predicted"]]
+    (trained_run / "test_predictions.json").write_text(json.dumps({**stored, "predicted": forged}))
+    assert predict_test(trained_run, dataset).predicted.tolist() == forged
+    # Made on other data, or older than best.pt: predicted afresh.
+    elsewhere = {**stored, "predicted": forged, "source": "/elsewhere"}
+    (trained_run / "test_predictions.json").write_text(json.dumps(elsewhere))
+    assert predict_test(trained_run, dataset).predicted.tolist() == stored["predicted"]
+    (trained_run / "test_predictions.json").write_text(json.dumps({**stored, "predicted": forged}))
+    later = (trained_run / "test_predictions.json").stat().st_mtime + 5
+    os.utime(trained_run / "best.pt", (later, later))
+    assert predict_test(trained_run, dataset).predicted.tolist() == stored["predicted"]
+
+
 def test_plots_are_decodable_pngs(trained_run: Path, dataset: Dataset, tmp_path: Path):
     heatmap = confusion_heatmap(confusion(predict_test(trained_run, dataset)), tmp_path / "c.png")
     curves = training_curves({"baseline": read_history(trained_run)}, tmp_path / "curves.png")
@@ -139,7 +164,8 @@ def test_table_one_from_runs(trained_run: Path, dataset: Dataset):
     # How the run was trained travels with its row: a reused run cannot pass for another budget.
     assert rows.max_epochs == 2 and rows.train_images == len(dataset.train) - 50
     markdown = table_markdown([rows])
-    assert markdown.startswith("| model | run | test acc | paper |") and "84.1%" in markdown
+    assert markdown.startswith("| model | run | recipe | test acc | paper |")
+    assert "| baseline | paper | " in markdown and "84.1%" in markdown
     assert f"| 2 of 2 | {rows.train_images:,} | 391,946 |" in markdown
     result = run_cli("report", "compare", str(trained_run), "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)[0]["arch"] == "baseline-cnn"
@@ -189,3 +215,25 @@ def test_report_faults(trained_run: Path, imagefolder: Path, tmp_path: Path):
         result = run_cli(*args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _row(arch: str, epochs: int, stopped_early: bool) -> CompareRow:
+    return CompareRow(
+        model=arch, arch=arch, run=arch, recipe="fast", test_acc=0.5, paper_test_acc=0.9,
+        train_min=1.0, paper_train_min=1.0, epochs=epochs, max_epochs=10,
+        stopped_early=stopped_early, train_images=100, params=1, paper_params=1, device="cpu",
+    )  # fmt: skip
+
+
+def test_epochs_claim_under_early_stopping_and_under_a_fixed_schedule():
+    stopped = [_row("resnet18", 12, True), _row("resnet18-noskip", 20, True)]
+    assert epochs_claim(stopped, {}).verdict == "supported"
+    fixed = [_row("resnet18", 4, False), _row("resnet18-noskip", 4, False)]
+    plain = [{"val_acc": v} for v in (0.3, 0.5, 0.6, 0.7)]
+    skip = [{"val_acc": v} for v in (0.4, 0.6, 0.72, 0.8)]
+    verdict = epochs_claim(fixed, {"resnet18": skip, "resnet18-noskip": plain})
+    assert verdict.verdict == "supported" and "reached it at epoch 3 of 4" in verdict.evidence
+    slow = [{"val_acc": v} for v in (0.2, 0.4, 0.5, 0.69)]
+    verdict = epochs_claim(fixed, {"resnet18": slow, "resnet18-noskip": plain})
+    assert verdict.verdict == "not supported" and "never reached it" in verdict.evidence
+    assert epochs_claim(fixed, {}).verdict == "not measured"

@@ -5,12 +5,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from analysis.reproduce import Budget, reproduce
+from analysis.reproduce import BUDGETS, Budget, budget_config, reproduce
 from toolkit.data import load_dataset
 from toolkit.models import architecture_names
+from toolkit.training import RECIPES
 
 TINY = Budget(
     name="tiny",
+    recipe="paper",
     reduction="1 epoch on 64 images per model (a test)",
     per_model={
         a: {"epochs": 1, "train_subset": 64, "batch_size": 32} for a in architecture_names()
@@ -38,7 +40,7 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     text = result.report.read_text()
     positions = [text.index(section) for section in SECTIONS]
     assert positions == sorted(positions)
-    assert "Budget `tiny`: 1 epoch on 64 images per model" in text
+    assert "Recipe `paper` for every model, budget `tiny`: 1 epoch on 64 images" in text
     assert "Trained under other settings" not in text
     for arch in architecture_names():
         assert f"| {arch} |" in text
@@ -62,3 +64,26 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     # The reused run was trained for 1 epoch, not this budget's 2: the report says so.
     assert "baseline-cnn: epochs 1 (budget: 2)." in result.report.read_text()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_budgets_train_every_model_with_their_recipe():
+    assert list(BUDGETS) == ["quick", "fast", "paper"]
+    for budget in BUDGETS.values():
+        configs = {a: budget_config(a, budget) for a in architecture_names()}
+        assert {c.recipe for c in configs.values()} == {budget.recipe}
+        # What a budget does not trim is its recipe's own setting, for every model alike.
+        untrimmed = set(RECIPES[budget.recipe]) - {k for o in budget.per_model.values() for k in o}
+        for key in untrimmed - {"lr"}:
+            assert len({getattr(c, key) for c in configs.values()}) == 1, key
+    quick = {a: budget_config(a, BUDGETS["quick"]) for a in architecture_names()}
+    assert quick["baseline-cnn"].train_subset is None and quick["baseline-cnn"].val_size == 2000
+    assert quick["resnet18"].train_subset == quick["resnet18-noskip"].train_subset == 4000
+    # Batch 64 instead of the recipe's 256: the rate scales with it.
+    assert quick["resnet18"].lr == RECIPES["fast"]["lr"] * 64 / 256
+    assert quick["mini-resnet"].lr == RECIPES["fast"]["lr"]
+    assert not any(c.tta for c in quick.values())
+    fast = {a: budget_config(a, BUDGETS["fast"]) for a in architecture_names()}
+    assert fast["resnet18"].epochs == fast["resnet18-noskip"].epochs == 10
+    assert all(c.scheduler == "linear" and c.patience == 0 for c in fast.values())
+    paper = budget_config("resnet18", BUDGETS["paper"])
+    assert (paper.optimizer, paper.lr, paper.epochs, paper.patience) == ("adam", 1e-3, 30, 7)

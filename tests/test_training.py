@@ -70,6 +70,7 @@ def test_training_lowers_the_loss_and_writes_the_run_directory(dataset: Dataset,
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {
         "config.json", "history.csv", "history.jsonl", "best.pt", "last.pt", "metrics.json",
+        "test_predictions.json",
     }  # fmt: skip
     saved = json.loads((run / "config.json").read_text())
     assert saved["settings"]["arch"] == "baseline-cnn" and saved["settings"]["seed"] == 0
@@ -101,9 +102,14 @@ def test_checkpoint_round_trip_gives_identical_logits(dataset: Dataset, tmp_path
     assert payload["normalization"]["mean"] == [0.5, 0.5, 0.5]
     assert payload["epoch"] == 1 and "val_acc" in payload["metrics"]
     rebuilt = model_from_checkpoint(payload).eval()
-    x = torch.randn(4, 3, 32, 32)
+    trained = trainer.model.eval()
+    for name, tensor in rebuilt.state_dict().items():
+        assert torch.equal(tensor, trained.state_dict()[name]), name
+    # The trainer ran channels_last (its default); the same layout gives the same kernels.
+    rebuilt = rebuilt.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert torch.equal(rebuilt(x), trainer.model.eval()(x))
+        assert torch.equal(rebuilt(x), trained(x))
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert {"optimizer", "scheduler", "early_stopping", "rng", "history"} <= last.keys()
 
@@ -191,6 +197,9 @@ def test_resume_faults(dataset: Dataset, tmp_path: Path):
         (["baseline-cnn", "--amp", "--device", "cpu"], "--amp needs CUDA"),
         (["--resume", "/nonexistent/run"], "does not exist"),
         (["baseline-cnn", "--recipe", "adamw"], "unknown recipe"),
+        (["baseline-cnn", "--recipe", "fast", "--momentum", "0"], "Nesterov momentum"),
+        (["baseline-cnn", "--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
+        (["baseline-cnn", "--warmup-frac", "-0.1"], "--warmup-frac must be in [0, 1)"),
     ],
 )
 def test_cli_faults_are_one_line_exit_2(args: list[str], message: str, imagefolder: Path):

@@ -82,6 +82,9 @@ def _root(
     # onnxscript warns on every export that it hands the opset conversion to the onnx C API;
     # that is expected here, and the CLI keeps the terminal for rtk's own output.
     logging.getLogger("onnxscript").setLevel(logging.ERROR)
+    # torch.compile on a CPU-only machine says "No CUDA runtime is found" while it builds its
+    # C++ kernels: true, expected, and not the user's concern.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 app.command("models")(models_cmd.models)

@@ -10,7 +10,11 @@ from toolkit.cli.output import console, err_console, notice, print_json
 
 
 def reproduce(
-    budget: str = typer.Option("quick", help="quick (about 23 min on 2 CPU cores) or full."),
+    budget: str = typer.Option(
+        "quick",
+        help="quick (the fast recipe trimmed: the main job), fast (the fast recipe in full: "
+        "hours on a CPU) or paper (the paper's recipe).",
+    ),
     models: list[str] = typer.Option(None, "--models", help="Architectures to include [all four]."),
     out: Path = typer.Option(Path("report"), help="Folder for runs, figures and REPORT.md."),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
@@ -28,7 +32,7 @@ def reproduce(
     if budget not in BUDGETS:
         raise RtkError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
     chosen = BUDGETS[budget]
-    notice(f"budget {budget}: {chosen.reduction}")
+    notice(f"budget {budget}, recipe {chosen.recipe}: {chosen.reduction}")
     observer = None if quiet else RichObserver(err_console, progress=True)
     result = run(
         budget=chosen,

@@ -101,7 +101,9 @@ def train(
         None, help="Architectures to train (see `rtk models`), or `all`.", show_default=False
     ),
     recipe: str | None = typer.Option(
-        None, help="paper (Adam, plateau, early stop) or sgd [paper]."
+        None,
+        help="paper (Adam, plateau, early stop), sgd (the seeds' SGD) or fast (per-step "
+        "schedule, for a CPU budget) [paper].",
     ),
     epochs: int | None = typer.Option(None, help="Maximum epochs [recipe]."),
     batch_size: int | None = typer.Option(None, help="Batch size per process [recipe: 64]."),
@@ -114,10 +116,17 @@ def train(
     plateau_patience: int | None = typer.Option(None, help="ReduceLROnPlateau patience [3]."),
     plateau_factor: float | None = typer.Option(None, help="ReduceLROnPlateau factor [0.2]."),
     dropout: float | None = typer.Option(None, help="Dropout before the classifier [0.5]."),
+    label_smoothing: float | None = typer.Option(None, help="Label smoothing [recipe]."),
+    warmup_frac: float | None = typer.Option(
+        None, help="Warm-up share of all steps, per-step schedules [recipe]."
+    ),
+    tta: bool | None = typer.Option(
+        None, help="Also report test accuracy with flip test-time augmentation [recipe]."
+    ),
     translate: int | None = typer.Option(None, help="Random shift in pixels, 0 = off [0]."),
     seed: int | None = typer.Option(None, help="Seed of weights, order, augmentation [0]."),
     device: str | None = typer.Option(None, help="auto, cpu or cuda [auto]."),
-    channels_last: bool | None = typer.Option(None, help="channels_last memory format [no]."),
+    channels_last: bool | None = typer.Option(None, help="channels_last memory format [yes]."),
     compile_model: bool | None = typer.Option(None, "--compile", help="torch.compile the model."),
     amp: bool | None = typer.Option(None, help="Mixed precision (CUDA only: bf16, else fp16)."),
     train_subset: int | None = typer.Option(None, help="Train on N images, for quick runs."),
@@ -130,7 +139,8 @@ def train(
     quiet: bool = typer.Option(False, help="No progress bars or epoch lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Train architectures with the paper's recipe (or --recipe sgd); test the best weights."""
+    """Train architectures with the paper's recipe (or --recipe sgd|fast); test the best
+    weights."""
     from toolkit.models import architecture_names, get_architecture
     from toolkit.training import ConfigError, default_run_name, make_config
 
@@ -157,6 +167,9 @@ def train(
         "plateau_patience": plateau_patience,
         "plateau_factor": plateau_factor,
         "dropout": dropout,
+        "label_smoothing": label_smoothing,
+        "warmup_frac": warmup_frac,
+        "tta": tta,
         "translate": translate,
         "seed": seed,
         "device": device,
@@ -203,8 +216,13 @@ def train(
         result = trainer.run()
         summaries.append(result.summary())
         if main_rank and not as_json:
+            tta = (
+                f", {result.test_acc_tta:.2%} with flip TTA"
+                if result.test_acc_tta is not None
+                else ""
+            )
             console.print(
-                f"[bold green]{result.arch}[/]: test accuracy {result.test_acc:.2%} "
+                f"[bold green]{result.arch}[/]: test accuracy {result.test_acc:.2%}{tta} "
                 f"(loss {result.test_loss:.4f}, {result.test_images:,} images) with the weights "
                 f"of epoch {result.best_epoch}; {result.epochs_run} epochs, "
                 f"{result.train_s / 60:.1f} min{' (early stop)' if result.stopped_early else ''}"

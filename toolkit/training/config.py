@@ -1,4 +1,5 @@
-"""Training configuration: the paper's recipe, the SGD recipe, and every override."""
+"""Training configuration: the paper's recipe, the seeds' SGD recipe, the fast recipe, and
+every override."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from typing import Any, Literal
 from toolkit.errors import RtkError
 
 Optimizer = Literal["adam", "sgd"]
-Scheduler = Literal["plateau", "multistep", "none"]
+# plateau and multistep step once per epoch; linear and cosine are per-step schedules: a linear
+# warm-up from 0 over the first ``warmup_frac`` of all steps, then a decay to zero at the last.
+Scheduler = Literal["plateau", "multistep", "linear", "cosine", "none"]
+# Which weights become best.pt: the lowest validation loss (the paper's checkpoint callback), or
+# the last epoch's (a schedule that decays to zero is meant to end on its final weights).
+Select = Literal["val_loss", "last"]
 
 
 class ConfigError(RtkError):
@@ -23,15 +29,20 @@ class TrainConfig:
     optimizer: Optimizer = "adam"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
     weight_decay: float = 0.0
+    decay_norm_bias: bool = True  # False: no weight decay on BatchNorm weights and biases
+    label_smoothing: float = 0.0  # training loss only; validation and test loss stay plain CE
     scheduler: Scheduler = "plateau"
     plateau_factor: float = 0.2  # ReduceLROnPlateau on validation loss
     plateau_patience: int = 3  # epochs without improvement before the lr drops
     milestones: tuple[int, ...] = ()  # MultiStepLR epochs
     gamma: float = 0.1  # MultiStepLR factor
+    warmup_frac: float = 0.0  # linear/cosine: share of all steps spent warming up from lr 0
     epochs: int = 30
     batch_size: int = 64  # per process; the effective batch is this times the world size
     patience: int = 7  # early stopping on validation loss, in epochs; 0 disables it
+    select: Select = "val_loss"
     dropout: float = 0.5
     flip: bool = True
     brightness: float = 0.1  # max additive delta on the [0, 1] scale
@@ -40,8 +51,11 @@ class TrainConfig:
     val_size: int = 5_000
     split_seed: int = 0
     train_subset: int | None = None  # first N images of the shuffled training split
+    tta: bool = False  # also test with flip test-time augmentation, reported apart
     device: str = "auto"
-    channels_last: bool = False
+    # NHWC: +8% (baseline CNN) and +10% (Mini-ResNet) training images/s on 2 AVX2 cores
+    # (benchmarks/train_throughput.py); cuDNN's fast kernels want it too.
+    channels_last: bool = True
     compile: bool = False
     amp: bool = False  # CUDA only
     grad_norm_batches: int = 8  # per-layer gradient norms averaged over the epoch's last N batches
@@ -55,6 +69,15 @@ class TrainConfig:
             raise ConfigError(f"--patience must be 0 (off) or more, got {self.patience}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.optimizer == "sgd" and self.nesterov and self.momentum <= 0:
+            raise ConfigError(
+                f"this recipe uses Nesterov momentum, which needs --momentum above 0, "
+                f"got {self.momentum}"
+            )
+        if not 0 <= self.warmup_frac < 1:
+            raise ConfigError(f"--warmup-frac must be in [0, 1), got {self.warmup_frac}")
         if self.val_size < 0:
             raise ConfigError(f"--val-size must be 0 or more, got {self.val_size}")
         if self.train_subset is not None and self.train_subset < 1:
@@ -83,7 +106,34 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 60,
         "patience": 0,
     },
+    # Fast training on a CPU budget (one recipe for every architecture, so they compare on equal
+    # terms), after the fast CIFAR-10 literature (Page's DAWNBench ResNet, airbench): a per-step
+    # schedule that warms up then decays linearly to zero, SGD with Nesterov momentum at batch
+    # 256 with the rate scaled from 0.1 at 128, weight decay on conv and linear weights only,
+    # label smoothing, and random translation on top of the paper's flip and brightness. No
+    # early stopping: the schedule ends on its final weights, which become best.pt.
+    "fast": {
+        "optimizer": "sgd",
+        "lr": 0.2,  # at batch 256; another --batch-size scales it (LR_BATCH below)
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "decay_norm_bias": False,
+        "label_smoothing": 0.1,
+        "scheduler": "linear",
+        "warmup_frac": 0.15,
+        "epochs": 18,
+        "batch_size": 256,
+        "patience": 0,
+        "select": "last",
+        "translate": 4,
+        "tta": True,
+    },
 }
+
+
+# Recipes whose rate is tied to their batch: another batch size without an --lr of its own gets
+# the rate scaled linearly (Goyal et al. 2017), so a budget can trim the batch and keep the recipe.
+LR_BATCH: dict[str, int] = {"fast": 256}
 
 
 def make_config(arch: str, recipe: str = "paper", **overrides: Any) -> TrainConfig:
@@ -91,4 +141,7 @@ def make_config(arch: str, recipe: str = "paper", **overrides: Any) -> TrainConf
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     chosen = {k: v for k, v in overrides.items() if v is not None}
-    return TrainConfig(arch=arch, recipe=recipe, **{**RECIPES[recipe], **chosen}).validate()
+    settings = {**RECIPES[recipe], **chosen}
+    if recipe in LR_BATCH and "lr" not in chosen and "batch_size" in chosen:
+        settings["lr"] = settings["lr"] * chosen["batch_size"] / LR_BATCH[recipe]
+    return TrainConfig(arch=arch, recipe=recipe, **settings).validate()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +73,7 @@ class TrainResult:
     device: str
     test_images: int
     history: list[EpochRecord]
+    test_acc_tta: float | None = None  # with flip test-time augmentation, when the recipe asks
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-epoch history, for ``--json`` and reports."""
@@ -103,6 +105,32 @@ def resume_config(run_path: Path, *, epochs: int | None = None) -> TrainConfig:
         ) from exc
 
 
+def lr_factor(step: int, *, total: int, warmup: int, shape: str) -> float:
+    """The per-step schedule's multiple of the peak rate for optimizer step ``step`` (0-based)
+    of ``total``: a linear rise over the first ``warmup`` steps to 1 at step ``warmup - 1``,
+    then a linear or half-cosine decay that reaches 0 after the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)  # 0 at the peak, 1 after the last step
+    if shape == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return max(1.0 - progress, 0.0)
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, *, decay_norm_bias: bool
+) -> list[dict[str, Any]]:
+    """Optimizer groups: with ``decay_norm_bias`` off, BatchNorm weights and every bias (the
+    1-D parameters) get no weight decay: shrinking them only rescales what the next BN undoes."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_norm_bias or weight_decay == 0:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
 def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -120,23 +148,48 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float  # mean cross-entropy
+    acc: float  # top-1
+    predicted: torch.Tensor  # top-1 class per image, in the loader's order
+    acc_tta: float | None = None  # top-1 of the mean logits of each image and its mirror
+
+
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: TensorLoader, *, amp_dtype: torch.dtype | None = None
-) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy over every batch of ``loader``."""
+    model: nn.Module,
+    loader: TensorLoader,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    flip_tta: bool = False,
+) -> Evaluation:
+    """Loss, accuracy and predictions over every batch of ``loader`` (in order); with
+    ``flip_tta`` also the accuracy of flip test-time augmentation, from one more pass."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.images.device)
-    correct = torch.zeros((), dtype=torch.int64, device=loader.images.device)
+    device = loader.images.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    correct_tta = torch.zeros((), dtype=torch.int64, device=device)
+    predicted = []
     for images, labels in loader:
         with _autocast(images.device, amp_dtype):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
+            logits = model(images).float()
+            if flip_tta:
+                mean_logits = (logits + model(images.flip(3)).float()) / 2
+                correct_tta += (mean_logits.argmax(1) == labels).sum()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        predicted.append(logits.argmax(1))
+        correct += (predicted[-1] == labels).sum()
     model.train(was_training)
     n = max(loader.num_images, 1)
-    return loss_sum.item() / n, correct.item() / n
+    return Evaluation(
+        loss=loss_sum.item() / n,
+        acc=correct.item() / n,
+        predicted=torch.cat(predicted).cpu() if predicted else torch.zeros(0, dtype=torch.long),
+        acc_tta=correct_tta.item() / n if flip_tta else None,
+    )
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -231,6 +284,9 @@ class Trainer:
             train,
             batch_size=c.batch_size,
             shuffle=True,
+            # A compiled model would recompile for the last, smaller batch: drop it (the next
+            # epoch's permutation trains those images).
+            drop_last=c.compile,
             augment=augment,
             rank=self.world.rank,
             world_size=self.world.size,
@@ -243,12 +299,12 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        params = self.model.parameters()
+        groups = param_groups(self.model, c.weight_decay, decay_norm_bias=c.decay_norm_bias)
         if c.optimizer == "sgd":
             return torch.optim.SGD(
-                params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+                groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, foreach=True
             )
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.Adam(groups, lr=c.lr, foreach=True)
 
     def _scheduler(self) -> Any:
         c = self.config
@@ -260,7 +316,17 @@ class Trainer:
             return torch.optim.lr_scheduler.MultiStepLR(
                 self.optimizer, milestones=list(c.milestones), gamma=c.gamma
             )
+        if c.scheduler in ("linear", "cosine"):
+            total = c.epochs * len(self.train_loader)
+            warmup = round(c.warmup_frac * total)
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, partial(lr_factor, total=total, warmup=warmup, shape=c.scheduler)
+            )
         return None
+
+    @property
+    def _per_step_schedule(self) -> bool:
+        return self.config.scheduler in ("linear", "cosine")
 
     def _data_facts(self) -> dict[str, Any]:
         return {
@@ -383,7 +449,7 @@ class Trainer:
         for index, (images, labels) in enumerate(loader):
             with _autocast(self.device, self.amp_dtype):
                 logits = self.net(images)
-                loss = F.cross_entropy(logits.float(), labels)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=c.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if index >= first_norm_batch:
@@ -394,6 +460,8 @@ class Trainer:
                 norm_batches += 1
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self._per_step_schedule:
+                self.scheduler.step()
             loss_sum += loss.detach().double() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
@@ -413,18 +481,18 @@ class Trainer:
         distributed.sync_buffers(self.world, self.model)
         # The unwrapped model: after sync_buffers every rank holds the same weights, and DDP's
         # per-forward collectives have no place in evaluation.
-        val_loss, val_acc = (
+        val = (
             evaluate(self.model, self.val_loader, amp_dtype=self.amp_dtype)
             if self.val_loader is not None
-            else (None, None)
+            else None
         )
         norms = (norm_sums / max(norm_batches, 1)).tolist()
         return EpochRecord(
             epoch=epoch,
             train_loss=loss_sum.item() / seen,
             train_acc=correct.item() / seen,
-            val_loss=val_loss,
-            val_acc=val_acc,
+            val_loss=val.loss if val else None,
+            val_acc=val.acc if val else None,
             lr=lr,
             epoch_s=time.perf_counter() - start,
             images_per_s=seen * self.world.size / train_s,
@@ -448,15 +516,18 @@ class Trainer:
             )
         improved = monitored < self.best_val_loss
         if improved:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = monitored, record.epoch, 0
+            self.best_val_loss, self.bad_epochs = monitored, 0
         else:
             self.bad_epochs += 1
+        keep = improved if c.select == "val_loss" else True
+        if keep:
+            self.best_epoch = record.epoch
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(monitored)
-        elif self.scheduler is not None:
+        elif self.scheduler is not None and not self._per_step_schedule:
             self.scheduler.step()
         if self.world.is_main:
-            if improved:
+            if keep:
                 save_checkpoint(self.rundir.path / "best.pt", self._payload(full=False))
             save_checkpoint(self.rundir.path / "last.pt", self._payload(full=True))
             self.rundir.append_history(record)
@@ -468,21 +539,30 @@ class Trainer:
         best = load_checkpoint(self.rundir.path / "best.pt") if self.world.is_main else None
         best = distributed.broadcast_object(self.world, best)
         self.model.load_state_dict(best["state_dict"])
-        test_loss, test_acc = evaluate(self.model, self.test_loader, amp_dtype=self.amp_dtype)
+        test = evaluate(
+            self.model, self.test_loader, amp_dtype=self.amp_dtype, flip_tta=self.config.tta
+        )
         result = TrainResult(
             run_dir=self.rundir.path,
             arch=self.arch.name,
             best_epoch=self.best_epoch,
             epochs_run=self.epoch,
             stopped_early=stopped_early,
-            test_loss=test_loss,
-            test_acc=test_acc,
+            test_loss=test.loss,
+            test_acc=test.acc,
             train_s=self.train_s,
             device=str(self.device),
             test_images=len(self.dataset.test),
             history=self.history,
+            test_acc_tta=test.acc_tta,
         )
         if self.world.is_main:
+            self.rundir.write_test_predictions(
+                test.predicted.tolist(),
+                classes=list(self.dataset.classes),
+                source=str(self.dataset.source.path),
+                best_epoch=self.best_epoch,
+            )
             self.rundir.write_metrics(result)
         distributed.shutdown(self.world)
         return result

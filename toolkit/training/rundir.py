@@ -2,7 +2,8 @@
 
 ``config.json`` (settings, versions, device, data), ``history.csv`` and ``history.jsonl``
 (one row per epoch), ``best.pt`` and ``last.pt`` (checkpoints), ``metrics.json`` (the test
-of the best weights).
+of the best weights) and ``test_predictions.json`` (that test's top-1 class per image, so the
+reports need no second pass over the test split).
 """
 
 from __future__ import annotations
@@ -158,10 +159,36 @@ class RunDir:
                 writer.writerow(_csv_header(record))
             writer.writerow(_csv_row(record))
 
+    def write_test_predictions(
+        self, predicted: list[int], *, classes: list[str], source: str, best_epoch: int
+    ) -> None:
+        content = {"source": source, "classes": classes, "best_epoch": best_epoch}
+        _write_text(
+            self.path / "test_predictions.json",
+            json.dumps({**content, "predicted": predicted}) + "\n",
+        )
+
+    def read_test_predictions(self, *, source: str, images: int) -> list[int] | None:
+        """The stored test predictions of the best weights, if they were made on ``source``
+        and cover ``images`` images and are newer than best.pt; None otherwise."""
+        path = self.path / "test_predictions.json"
+        best = self.path / "best.pt"
+        if not path.is_file() or (best.is_file() and best.stat().st_mtime > path.stat().st_mtime):
+            return None
+        try:
+            stored = json.loads(path.read_text())
+            predicted = [int(p) for p in stored["predicted"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable: the caller predicts afresh
+        if stored.get("source") != source or len(predicted) != images:
+            return None
+        return predicted
+
     def write_metrics(self, result: TrainResult) -> None:
         metrics = {
             "arch": result.arch,
             "test_acc": result.test_acc,
+            "test_acc_tta": result.test_acc_tta,
             "test_loss": result.test_loss,
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
