@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_training import QUICK, _history, _InterruptAt
 from toolkit.data import Dataset, TensorLoader, load_dataset
 from toolkit.models import create_model
 from toolkit.training import (
@@ -24,19 +25,10 @@ from toolkit.training import (
 )
 from toolkit.training.engine import lr_factor, param_groups
 
-TIMING = {"epoch_s", "images_per_s", "peak_mem_mb"}
-QUICK = {"val_size": 50, "batch_size": 32, "device": "cpu"}
-
 
 @pytest.fixture
 def dataset(imagefolder: Path) -> Dataset:
     return load_dataset(imagefolder)
-
-
-def _history(result) -> list[dict]:
-    return [
-        {k: v for k, v in dataclasses.asdict(r).items() if k not in TIMING} for r in result.history
-    ]
 
 
 def test_schedule_values_at_the_first_warmup_end_and_last_step():
@@ -139,23 +131,6 @@ def test_fast_run_keeps_the_last_weights_and_reports_tta_apart(dataset: Dataset,
     assert settings["lr"] == RECIPES["fast"]["lr"] * 32 / 256
     paper = Trainer(make_config("baseline-cnn", epochs=1, **QUICK), dataset, tmp_path / "p").run()
     assert paper.test_acc_tta is None  # the paper's recipe has no TTA: nothing is reported
-
-
-class _InterruptAt:
-    """Presses Ctrl-C in the middle of a given epoch."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch, self.current = epoch, 0
-
-    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
-        self.current = epoch
-
-    def batch_progress(self, done: int, loss: float, acc: float, images_per_s: float) -> None:
-        if self.current == self.epoch:
-            raise KeyboardInterrupt
-
-    def epoch_end(self, record) -> None:
-        pass
 
 
 def test_resumed_fast_run_has_the_history_of_an_uninterrupted_one(dataset: Dataset, tmp_path: Path):
