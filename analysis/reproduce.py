@@ -52,7 +52,9 @@ BUDGETS = {
     # The main job (`make demo`). The fast recipe, trimmed: the small models see every training
     # image for a few epochs of a full schedule (warm-up and decay to zero); the ResNet-18s,
     # whose epoch costs ~25 min on 2 AVX2 cores, train on a seeded subset at batch 64 (rate
-    # scaled with the batch) for enough steps that the skip/no-skip gap shows.
+    # scaled with the batch). Measured 2026-11-23 (38.1 min on 2 AVX2 cores): the small models
+    # land just under 80% and the residual ResNet-18 trains worse than its plain twin at this
+    # step count, so this budget is still being tuned (issue 10).
     "quick": Budget(
         name="quick",
         recipe="fast",
@@ -73,8 +75,8 @@ BUDGETS = {
     ),
     # Every model trained to the end of a full fast-recipe schedule: hours on two CPU cores
     # (each ResNet-18 about 4 h on 2 AVX2 cores, resumable), minutes on a GPU. torch.compile
-    # where it pays back within the run (+24% Mini-ResNet, +48% ResNet-18 training images/s
-    # here; the baseline CNN runs slower compiled).
+    # where it pays back within the run (benchmarks/train_throughput.py here: +14% Mini-ResNet,
+    # +8% ResNet-18 training images/s; none on the baseline CNN).
     "fast": Budget(
         name="fast",
         recipe="fast",
@@ -211,8 +213,8 @@ def reproduce(
 
 
 def _recipe_text(recipe: str) -> str:
-    """Every setting a recipe fixes, as ``key value`` pairs (the rest are TrainConfig's
-    defaults, which config.json of each run records in full)."""
+    """Every setting a model trained with ``recipe`` gets (the recipe's values over
+    TrainConfig's defaults), as ``key value`` pairs."""
     settings = make_config("baseline-cnn", recipe).to_dict()
     keys = [k for k in settings if k not in ("arch", "recipe", "device")]
     return ", ".join(f"{k} {settings[k]}" for k in keys)

@@ -53,8 +53,8 @@ class TrainConfig:
     train_subset: int | None = None  # first N images of the shuffled training split
     tta: bool = False  # also test with flip test-time augmentation, reported apart
     device: str = "auto"
-    # NHWC: +8% (baseline CNN) and +10% (Mini-ResNet) training images/s on 2 AVX2 cores
-    # (benchmarks/train_throughput.py); cuDNN's fast kernels want it too.
+    # NHWC: +8% (baseline CNN) and +10% (Mini-ResNet) training images/s at batch 256 on 2 AVX2
+    # cores (a synthetic training step, side by side); cuDNN's fast kernels want it too.
     channels_last: bool = True
     compile: bool = False
     amp: bool = False  # CUDA only
