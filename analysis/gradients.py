@@ -117,11 +117,11 @@ def profile_source(
     ``at='init'`` the run's own initial weights, rebuilt from its seed), on the same seeded
     training batches for every model, without augmentation."""
     from toolkit.models import build_model, create_model, get_architecture
-    from toolkit.training import load_checkpoint
+    from toolkit.training import RunDir
 
     path = Path(spec)
     if path.is_dir():
-        payload = load_checkpoint(path / "best.pt")
+        payload = RunDir.open(path).load_best()
         label = path.name
         if at == "best":
             model = build_model(payload["model_class"], dict(payload["model_kwargs"]))

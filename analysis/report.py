@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from analysis.metrics import SourceError
 from toolkit.models import architecture_names, get_architecture
+from toolkit.training.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -30,20 +30,8 @@ class CompareRow:
     device: str
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise SourceError(f"{path.parent} has no {path.name}; {what}") from exc
-    except ValueError as exc:
-        raise SourceError(f"{path} is not valid JSON ({exc})") from exc
-
-
 def read_history(run: Path) -> list[dict[str, Any]]:
-    path = run / "history.jsonl"
-    if not path.is_file():
-        raise SourceError(f"{run} has no history.jsonl; is it an rtk run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunDir.open(run).read_history()
 
 
 def compare_runs(runs: list[Path]) -> list[CompareRow]:
@@ -51,8 +39,8 @@ def compare_runs(runs: list[Path]) -> list[CompareRow]:
         raise SourceError("no finished runs (with metrics.json) to compare; train some first")
     rows = []
     for run in runs:
-        metrics = _read_json(run / "metrics.json", "the run has not finished")
-        config = _read_json(run / "config.json", "is it an rtk run directory?")
+        rundir = RunDir.open(run)
+        metrics, config = rundir.read_metrics(), rundir.read_config()
         arch = get_architecture(metrics["arch"])
         params = sum(p.numel() for p in arch.build().parameters())
         rows.append(

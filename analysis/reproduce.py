@@ -29,7 +29,15 @@ from exporters.convert import export_onnx
 from toolkit.data import Dataset
 from toolkit.fileio import atomic_path
 from toolkit.models import get_architecture
-from toolkit.training import Observer, TrainConfig, Trainer, make_config, resume_config
+from toolkit.training import (
+    Observer,
+    RunDir,
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    make_config,
+    resume_config,
+)
 
 
 @dataclass(frozen=True)
@@ -120,19 +128,26 @@ def budget_config(arch: str, budget: Budget) -> TrainConfig:
 def _train(
     arch: str, run: Path, budget: Budget, dataset: Dataset, observer: Observer | None
 ) -> str:
-    if (run / "metrics.json").is_file():
+    rundir = RunDir(run)
+    if rundir.finished:
         return "reused"
-    if (run / "last.pt").is_file():
-        Trainer(resume_config(run), dataset, run, observer=observer, resume=True).run()
-        return "resumed"
-    Trainer(budget_config(arch, budget), dataset, run, observer=observer).run()
+    try:
+        if rundir.started:
+            Trainer(resume_config(run), dataset, run, observer=observer, resume=True).run()
+            return "resumed"
+        Trainer(budget_config(arch, budget), dataset, run, observer=observer).run()
+    except TrainingInterrupted:
+        raise TrainingInterrupted(
+            f"interrupted; {run} keeps every finished epoch: rerun `rtk reproduce --budget "
+            f"{budget.name} --out {run.parent.parent}` to continue"
+        ) from None
     return "trained"
 
 
 def _settings_apart(arch: str, run: Path, budget: Budget) -> str:
     """How a run's stored settings differ from what ``budget`` would train ('' if they don't):
     a reused or resumed run keeps the settings it was started with."""
-    stored = json.loads((run / "config.json").read_text())["settings"]
+    stored = RunDir.open(run).read_config()["settings"]
     wanted = json.loads(json.dumps(budget_config(arch, budget).to_dict()))
     apart = [f"{k} {stored.get(k)} (budget: {v})" for k, v in wanted.items() if stored.get(k) != v]
     return ", ".join(apart)
@@ -157,7 +172,7 @@ def reproduce(
         if difference := _settings_apart(arch, run, budget):
             apart[arch] = difference
         onnx_file = run / "model.onnx"
-        if not onnx_file.is_file() or onnx_file.stat().st_mtime < (run / "best.pt").stat().st_mtime:
+        if not onnx_file.is_file() or onnx_file.stat().st_mtime < RunDir(run).best.stat().st_mtime:
             export_onnx(run, dataset=dataset, parity_images=budget.parity_images)
             say(f"{arch}: exported and validated {onnx_file}")
 

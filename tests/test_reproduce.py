@@ -3,12 +3,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from analysis.reproduce import BUDGETS, Budget, budget_config, reproduce
+from tests.test_training import _InterruptAt
 from toolkit.data import load_dataset
 from toolkit.models import architecture_names
-from toolkit.training import RECIPES
+from toolkit.training import RECIPES, TrainingInterrupted
 
 TINY = Budget(
     name="tiny",
@@ -87,3 +89,12 @@ def test_budgets_train_every_model_with_their_recipe():
     assert all(c.scheduler == "linear" and c.patience == 0 for c in fast.values())
     paper = budget_config("resnet18", BUDGETS["paper"])
     assert (paper.optimizer, paper.lr, paper.epochs, paper.patience) == ("adam", 1e-3, 30, 7)
+
+
+def test_ctrl_c_under_reproduce_names_the_command_that_continues(imagefolder: Path, tmp_path: Path):
+    with pytest.raises(TrainingInterrupted, match=f"rtk reproduce --budget tiny --out {tmp_path}"):
+        reproduce(
+            budget=TINY, models=["baseline-cnn"], out=tmp_path, dataset=load_dataset(imagefolder),
+            observer=_InterruptAt(1),
+        )  # fmt: skip
+    assert (tmp_path / "runs" / "baseline-cnn" / "last.pt").is_file()  # the rerun resumes it

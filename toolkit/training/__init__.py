@@ -8,18 +8,16 @@ from toolkit.training.checkpoint import (
     save_checkpoint,
 )
 from toolkit.training.config import RECIPES, ConfigError, TrainConfig, make_config
+from toolkit.training.device import resolve_device
 from toolkit.training.engine import (
-    EpochRecord,
     NonFiniteLossError,
     Observer,
     Trainer,
     TrainingInterrupted,
-    TrainResult,
     evaluate,
-    resolve_device,
-    resume_config,
 )
-from toolkit.training.rundir import RunDir, RunDirError, default_run_name
+from toolkit.training.records import EpochRecord, TrainResult
+from toolkit.training.rundir import RunDir, RunDirError, default_run_name, resume_config
 
 __all__ = [
     "RECIPES",

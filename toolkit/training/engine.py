@@ -8,11 +8,10 @@ Nothing here prints: progress goes to an ``Observer`` that the CLI renders.
 from __future__ import annotations
 
 import math
-import resource
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,14 +22,12 @@ from torch import nn
 
 from toolkit.data import Augment, Dataset, TensorLoader
 from toolkit.errors import RtkError
-from toolkit.models import Classifier, get_architecture
+from toolkit.models import Classifier, WeightLayer, get_architecture
 from toolkit.training import distributed
-from toolkit.training.checkpoint import (
-    describe_model,
-    load_checkpoint,
-    save_checkpoint,
-)
+from toolkit.training.checkpoint import describe_model
 from toolkit.training.config import ConfigError, TrainConfig
+from toolkit.training.device import amp_dtype, autocast, peak_memory_mb, resolve_device
+from toolkit.training.records import EpochRecord, TrainResult
 from toolkit.training.rundir import RunDir
 
 PROGRESS_EVERY = 10  # batches between progress reports (each one syncs the device)
@@ -46,63 +43,12 @@ class TrainingInterrupted(RtkError):
     exit_code = 130
 
 
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int  # 1-based
-    train_loss: float
-    train_acc: float
-    val_loss: float | None
-    val_acc: float | None
-    lr: float  # the learning rate this epoch trained with
-    epoch_s: float
-    images_per_s: float  # training images per second over all ranks
-    peak_mem_mb: float
-    grad_norms: dict[str, float] = field(default_factory=dict)  # per weight layer, L2
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: Path
-    arch: str
-    best_epoch: int
-    epochs_run: int
-    stopped_early: bool
-    test_loss: float
-    test_acc: float
-    train_s: float
-    device: str
-    test_images: int
-    history: list[EpochRecord]
-    test_acc_tta: float | None = None  # with flip test-time augmentation, when the recipe asks
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the per-epoch history, for ``--json`` and reports."""
-        return {k: v for k, v in asdict(self).items() if k != "history"}
-
-
 class Observer(Protocol):
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
 
     def batch_progress(self, done: int, loss: float, acc: float, images_per_s: float) -> None: ...
 
     def epoch_end(self, record: EpochRecord) -> None: ...
-
-
-def resume_config(run_path: Path, *, epochs: int | None = None) -> TrainConfig:
-    """The settings a run was started with (from its ``last.pt``), optionally with more epochs."""
-    payload = load_checkpoint(RunDir.existing(run_path).path / "last.pt")
-    settings = dict(payload.get("config") or {})
-    if not settings:
-        raise ConfigError(f"{run_path}/last.pt holds no training settings; cannot resume")
-    settings["milestones"] = tuple(settings.get("milestones", ()))
-    if epochs is not None:
-        settings["epochs"] = epochs
-    try:
-        return TrainConfig(**settings).validate()
-    except TypeError as exc:
-        raise ConfigError(
-            f"{run_path}/last.pt has settings this rtk does not know ({exc})"
-        ) from exc
 
 
 def lr_factor(step: int, *, total: int, warmup: int, shape: str) -> float:
@@ -131,23 +77,6 @@ def param_groups(
     ]
 
 
-def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available here; use --device cpu or auto")
-    if requested not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {requested!r}; choose auto, cpu or cuda")
-    return requested
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated by tensors this epoch. CPU: the process's peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 @dataclass(frozen=True)
 class Evaluation:
     loss: float  # mean cross-entropy
@@ -174,7 +103,7 @@ def evaluate(
     correct_tta = torch.zeros((), dtype=torch.int64, device=device)
     predicted = []
     for images, labels in loader:
-        with _autocast(images.device, amp_dtype):
+        with autocast(images.device, amp_dtype):
             logits = model(images).float()
             if flip_tta:
                 mean_logits = (logits + model(images.flip(3)).float()) / 2
@@ -192,19 +121,30 @@ def evaluate(
     )
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+class GradNorms:
+    """Each weight layer's gradient L2 norm, averaged over an epoch's last ``batches`` batches
+    (summed on the device, read once at the end: no host sync per step)."""
 
+    def __init__(self, layers: list[WeightLayer], *, batches: int, of: int) -> None:
+        self.layers = layers
+        self.first = of - min(batches, of)
+        self.sums: torch.Tensor | None = None
+        self.count = 0
 
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not config.amp:
-        return None
-    if device.type != "cuda":
-        raise ConfigError(
-            "--amp needs CUDA (bf16 autocast is slower than fp32 on this kind of CPU); "
-            "drop --amp or use --device cuda"
-        )
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    def wants(self, index: int) -> bool:
+        return index >= self.first
+
+    def add(self) -> None:
+        grads = [layer.module.weight.grad for layer in self.layers]
+        norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+        self.sums = norms.double() if self.sums is None else self.sums + norms.double()
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        if self.sums is None:
+            return {layer.name: 0.0 for layer in self.layers}
+        means = (self.sums / self.count).tolist()
+        return {layer.name: n for layer, n in zip(self.layers, means, strict=True)}
 
 
 @contextmanager
@@ -213,7 +153,7 @@ def _interrupt_as_error(rundir: RunDir) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         raise TrainingInterrupted(
-            f"interrupted; {rundir.path / 'last.pt'} holds the last finished epoch: "
+            f"interrupted; {rundir.last} holds the last finished epoch: "
             f"resume with `rtk train --resume {rundir.path}`"
         ) from None
 
@@ -235,11 +175,11 @@ class Trainer:
         device_type = resolve_device(config.device)
         self.world = distributed.init_world(device_type)
         if resume:
-            self.rundir = RunDir.existing(run_path)
+            self.rundir = RunDir.resumable(run_path)
         else:  # only rank 0 writes; the others just know the path
             self.rundir = RunDir.create(run_path) if self.world.is_main else RunDir(run_path)
         self.device = distributed.device_for(self.world, device_type)
-        self.amp_dtype = _amp_dtype(config, self.device)
+        self.amp_dtype = amp_dtype(config, self.device)
         self.observer = observer if self.world.is_main else None
 
         torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -266,8 +206,8 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[EpochRecord] = []
         self.train_s = 0.0
-        if resume:
-            self._restore(load_checkpoint(run_path / "last.pt"))
+        if resume and self.rundir.started:  # else it was killed before its first checkpoint
+            self._restore(self.rundir.load_last())
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -376,9 +316,7 @@ class Trainer:
 
     def _restore(self, payload: dict[str, Any]) -> None:
         if payload.get("arch") != self.arch.name or "optimizer" not in payload:
-            raise ConfigError(
-                f"{self.rundir.path / 'last.pt'} is not a resumable {self.arch.name} checkpoint"
-            )
+            raise ConfigError(f"{self.rundir.last} is not a resumable {self.arch.name} checkpoint")
         stored, current = payload.get("data", {}), self._data_facts()
         if stored and stored != current:
             raise ConfigError(
@@ -407,26 +345,29 @@ class Trainer:
     def run(self) -> TrainResult:
         c = self.config
         stopped_early = self.bad_epochs >= c.patience > 0
+        trained = self.epoch > 0 and (stopped_early or self.epoch >= c.epochs)
         # Refuse before touching any file: a finished run keeps its metrics.json and config.
-        if self.epoch and (stopped_early or self.epoch >= c.epochs):
+        if trained and self.rundir.finished:
             why = "stopped early" if stopped_early else f"trained all {c.epochs} epochs"
             raise ConfigError(
                 f"{self.rundir.path} already {why} (epoch {self.epoch}); nothing to resume"
                 + ("" if stopped_early else ": pass a larger --epochs to train further")
             )
         if self.world.is_main:
-            (self.rundir.path / "metrics.json").unlink(missing_ok=True)  # stale while training
+            self.rundir.remove_leftovers()
+            self.rundir.clear_metrics()  # stale while training
             self.rundir.write_config(
                 c, device=str(self.device), world_size=self.world.size, data=self._data_facts()
             )
             if self.epoch == 0:
-                save_checkpoint(self.rundir.path / "last.pt", self._payload(full=True))
+                self.rundir.save_last(self._payload(full=True))
             self.rundir.write_history(self.history)
+        # A run killed after its last epoch goes straight to the test of its best weights.
         with _interrupt_as_error(self.rundir):
             while self.epoch < c.epochs and not stopped_early:
                 record = self._train_epoch()
                 stopped_early = self._end_epoch(record)
-        return self._finish(stopped_early)
+            return self._finish(stopped_early)
 
     def _train_epoch(self) -> EpochRecord:
         c = self.config
@@ -442,22 +383,17 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
-        norm_sums = torch.zeros(len(self.layers), dtype=torch.float64, device=self.device)
-        norm_batches = 0
-        first_norm_batch = len(loader) - min(c.grad_norm_batches, len(loader))
+        grad_norms = GradNorms(self.layers, batches=c.grad_norm_batches, of=len(loader))
         start = time.perf_counter()
         for index, (images, labels) in enumerate(loader):
-            with _autocast(self.device, self.amp_dtype):
+            with autocast(self.device, self.amp_dtype):
                 logits = self.net(images)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=c.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if index >= first_norm_batch:
+            if grad_norms.wants(index):
                 self.scaler.unscale_(self.optimizer)  # norms of the true, unscaled gradients
-                norm_sums += torch.stack(
-                    [torch.linalg.vector_norm(layer.module.weight.grad) for layer in self.layers]
-                ).double()
-                norm_batches += 1
+                grad_norms.add()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self._per_step_schedule:
@@ -468,12 +404,7 @@ class Trainer:
             if (index + 1) % PROGRESS_EVERY == 0 or index + 1 == len(loader):
                 # Rank 0's loss decides for all ranks, so no rank stops alone and deadlocks.
                 mean_loss = distributed.broadcast_object(self.world, loss_sum.item() / seen)
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLossError(
-                        f"the training loss became {mean_loss} in epoch {epoch} (batch "
-                        f"{index + 1}); the run stopped and {self.rundir.path} keeps the last "
-                        "good checkpoints: lower --lr or check the data"
-                    )
+                self._check_finite(mean_loss, f"training loss in epoch {epoch} (batch {index + 1})")
                 if self.observer:
                     rate = seen * self.world.size / (time.perf_counter() - start)
                     self.observer.batch_progress(index + 1, mean_loss, correct.item() / seen, rate)
@@ -486,7 +417,6 @@ class Trainer:
             if self.val_loader is not None
             else None
         )
-        norms = (norm_sums / max(norm_batches, 1)).tolist()
         return EpochRecord(
             epoch=epoch,
             train_loss=loss_sum.item() / seen,
@@ -497,8 +427,15 @@ class Trainer:
             epoch_s=time.perf_counter() - start,
             images_per_s=seen * self.world.size / train_s,
             peak_mem_mb=peak_memory_mb(self.device),
-            grad_norms={layer.name: n for layer, n in zip(self.layers, norms, strict=True)},
+            grad_norms=grad_norms.means(),
         )
+
+    def _check_finite(self, loss: float, what: str) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the {what} became {loss}; the run stopped and {self.rundir.path} keeps the "
+                "last good checkpoints: lower --lr or check the data"
+            )
 
     def _end_epoch(self, record: EpochRecord) -> bool:
         """Schedule, keep the best weights, checkpoint; True when early stopping triggers."""
@@ -509,11 +446,7 @@ class Trainer:
         monitored = record.val_loss if record.val_loss is not None else record.train_loss
         # Rank 0's value drives the schedule and early stopping on every rank.
         monitored = distributed.broadcast_object(self.world, monitored)
-        if not math.isfinite(monitored):
-            raise NonFiniteLossError(
-                f"the validation loss became {monitored} in epoch {record.epoch}; the run "
-                f"stopped and {self.rundir.path} keeps the last good checkpoints"
-            )
+        self._check_finite(monitored, f"monitored loss in epoch {record.epoch}")
         improved = monitored < self.best_val_loss
         if improved:
             self.best_val_loss, self.bad_epochs = monitored, 0
@@ -528,15 +461,15 @@ class Trainer:
             self.scheduler.step()
         if self.world.is_main:
             if keep:
-                save_checkpoint(self.rundir.path / "best.pt", self._payload(full=False))
-            save_checkpoint(self.rundir.path / "last.pt", self._payload(full=True))
+                self.rundir.save_best(self._payload(full=False))
+            self.rundir.save_last(self._payload(full=True))
             self.rundir.append_history(record)
         if self.observer:
             self.observer.epoch_end(record)
         return self.bad_epochs >= c.patience > 0
 
     def _finish(self, stopped_early: bool) -> TrainResult:
-        best = load_checkpoint(self.rundir.path / "best.pt") if self.world.is_main else None
+        best = self.rundir.load_best() if self.world.is_main else None
         best = distributed.broadcast_object(self.world, best)
         self.model.load_state_dict(best["state_dict"])
         test = evaluate(

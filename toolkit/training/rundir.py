@@ -3,7 +3,8 @@
 ``config.json`` (settings, versions, device, data), ``history.csv`` and ``history.jsonl``
 (one row per epoch), ``best.pt`` and ``last.pt`` (checkpoints), ``metrics.json`` (the test
 of the best weights) and ``test_predictions.json`` (that test's top-1 class per image, so the
-reports need no second pass over the test split).
+reports need no second pass over the test split). ``RunDir`` is the one module that names
+these files: it writes them and reads them back for every other tool.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +26,9 @@ import torchvision
 from toolkit import __version__
 from toolkit.errors import RtkError
 from toolkit.fileio import atomic_path
-
-if TYPE_CHECKING:
-    from toolkit.training.config import TrainConfig
-    from toolkit.training.engine import EpochRecord, TrainResult
+from toolkit.training.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.training.config import ConfigError, TrainConfig
+from toolkit.training.records import EpochRecord, TrainResult
 
 SCALAR_COLUMNS = (
     "epoch",
@@ -40,6 +40,18 @@ SCALAR_COLUMNS = (
     "epoch_s",
     "images_per_s",
     "peak_mem_mb",
+)
+METRIC_KEYS = (
+    "arch",
+    "test_acc",
+    "test_acc_tta",
+    "test_loss",
+    "best_epoch",
+    "epochs_run",
+    "stopped_early",
+    "train_s",
+    "device",
+    "test_images",
 )
 
 
@@ -80,19 +92,56 @@ def _csv_row(record: EpochRecord) -> list[Any]:
 
 
 class RunDir:
+    """One run's folder. ``create`` a new one, reopen one to continue with ``resumable``, or
+    ``open`` a finished or running one to read it."""
+
+    CONFIG = "config.json"
+    HISTORY = "history.jsonl"
+    HISTORY_CSV = "history.csv"
+    BEST = "best.pt"
+    LAST = "last.pt"
+    METRICS = "metrics.json"
+    PREDICTIONS = "test_predictions.json"
+    # What a run holds before its first checkpoint: a run killed then is started afresh.
+    _BEFORE_FIRST_CHECKPOINT = frozenset({CONFIG, HISTORY, HISTORY_CSV})
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    @staticmethod
-    def check_new(path: Path) -> None:
-        """Fail unless ``path`` can become a new run directory."""
+    @property
+    def best(self) -> Path:
+        return self.path / self.BEST
+
+    @property
+    def last(self) -> Path:
+        return self.path / self.LAST
+
+    @property
+    def started(self) -> bool:
+        """True once the first checkpoint exists (there is training state to resume)."""
+        return self.last.is_file()
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / self.METRICS).is_file()
+
+    # --- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def check_new(cls, path: Path) -> None:
+        """Fail unless ``path`` can become a new run directory: absent, empty, or a run killed
+        before its first checkpoint (nothing trained yet, so it is started afresh)."""
         if path.exists() and not path.is_dir():
             raise RunDirError(f"{path} is a file, not a run directory; pick another --name")
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and not cls._unstarted(path):
             raise RunDirError(
                 f"run directory {path} already exists; pick another --name or "
                 f"continue it with --resume {path}"
             )
+
+    @classmethod
+    def _unstarted(cls, path: Path) -> bool:
+        return all(f.name in cls._BEFORE_FIRST_CHECKPOINT or _leftover(f) for f in path.iterdir())
 
     @classmethod
     def create(cls, path: Path) -> RunDir:
@@ -101,15 +150,35 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {path} ({exc.strerror})") from exc
-        return cls(path)
+        rundir = cls(path)
+        rundir.remove_leftovers()
+        return rundir
 
     @classmethod
-    def existing(cls, path: Path) -> RunDir:
+    def resumable(cls, path: Path) -> RunDir:
+        """A run to continue: one with a checkpoint, or one killed before its first (its
+        config.json says how to start it again)."""
         if not path.is_dir():
             raise RunDirError(f"run directory {path} does not exist; check the --resume path")
-        if not (path / "last.pt").is_file():
-            raise RunDirError(f"{path} holds no last.pt to resume from; is it an rtk run?")
+        rundir = cls(path)
+        if not rundir.started and not (path / cls.CONFIG).is_file():
+            raise RunDirError(f"{path} holds no last.pt or config.json; is it an rtk run?")
+        return rundir
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        """A run to read (finished or not)."""
+        if not path.is_dir():
+            raise RunDirError(f"{path} is not a run directory (no such folder)")
         return cls(path)
+
+    def remove_leftovers(self) -> None:
+        """Delete temporary files a killed writer left behind (never a finished file)."""
+        for path in self.path.iterdir():
+            if _leftover(path):
+                path.unlink(missing_ok=True)
+
+    # --- settings -------------------------------------------------------------------------
 
     def write_config(
         self, config: TrainConfig, *, device: str, world_size: int, data: dict[str, Any]
@@ -134,24 +203,66 @@ class RunDir:
             "host": platform.node(),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _write_text(self.path / "config.json", json.dumps(content, indent=2) + "\n")
+        _write_text(self.path / self.CONFIG, json.dumps(content, indent=2) + "\n")
+
+    def read_config(self) -> dict[str, Any]:
+        content = self._read_json(self.CONFIG, "is it an rtk run directory?")
+        if not isinstance(content, dict) or not isinstance(content.get("settings"), dict):
+            raise RunDirError(f"{self.path / self.CONFIG} holds no training settings")
+        return content
+
+    def stored_config(self, *, epochs: int | None = None) -> TrainConfig:
+        """The settings the run was started with (from ``last.pt``, or from ``config.json``
+        for a run killed before its first checkpoint), optionally with more epochs."""
+        if self.started:
+            settings = dict(load_checkpoint(self.last).get("config") or {})
+            where = self.last
+        else:
+            settings, where = dict(self.read_config()["settings"]), self.path / self.CONFIG
+        if not settings:
+            raise ConfigError(f"{where} holds no training settings; cannot resume")
+        settings["milestones"] = tuple(settings.get("milestones", ()))
+        if epochs is not None:
+            settings["epochs"] = epochs
+        try:
+            return TrainConfig(**settings).validate()
+        except TypeError as exc:
+            raise ConfigError(f"{where} has settings this rtk does not know ({exc})") from exc
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def save_best(self, payload: dict[str, Any]) -> None:
+        save_checkpoint(self.best, payload)
+
+    def save_last(self, payload: dict[str, Any]) -> None:
+        save_checkpoint(self.last, payload)
+
+    def load_best(self) -> dict[str, Any]:
+        if not self.best.is_file():
+            raise RunDirError(f"{self.path} holds no best.pt; is it a finished rtk run?")
+        return load_checkpoint(self.best)
+
+    def load_last(self) -> dict[str, Any]:
+        return load_checkpoint(self.last)
+
+    # --- history --------------------------------------------------------------------------
 
     def write_history(self, history: list[EpochRecord]) -> None:
         """Rewrite both history files from ``history`` (on start and on resume, so a row
         half-written before a crash is replaced by the checkpoint's own record)."""
         jsonl = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in history)
-        _write_text(self.path / "history.jsonl", jsonl)
+        _write_text(self.path / self.HISTORY, jsonl)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         if history:
             writer.writerow(_csv_header(history[0]))
             writer.writerows(_csv_row(r) for r in history)
-        _write_text(self.path / "history.csv", buffer.getvalue())
+        _write_text(self.path / self.HISTORY_CSV, buffer.getvalue())
 
     def append_history(self, record: EpochRecord) -> None:
-        with (self.path / "history.jsonl").open("a") as handle:
+        with (self.path / self.HISTORY).open("a") as handle:
             handle.write(json.dumps(dataclasses.asdict(record)) + "\n")
-        csv_path = self.path / "history.csv"
+        csv_path = self.path / self.HISTORY_CSV
         header = not csv_path.is_file() or csv_path.stat().st_size == 0
         with csv_path.open("a", newline="") as handle:
             writer = csv.writer(handle)
@@ -159,21 +270,45 @@ class RunDir:
                 writer.writerow(_csv_header(record))
             writer.writerow(_csv_row(record))
 
+    def read_history(self) -> list[dict[str, Any]]:
+        """One dict per finished epoch, as ``history.jsonl`` holds them."""
+        path = self.path / self.HISTORY
+        if not path.is_file():
+            raise RunDirError(f"{self.path} has no {self.HISTORY}; is it an rtk run directory?")
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or any(k not in row for k in SCALAR_COLUMNS):
+                raise RunDirError(
+                    f"{path} line {number} is not a whole epoch record (a run killed while "
+                    f"writing it?); `rtk train --resume {self.path}` rewrites the history"
+                )
+            rows.append(row)
+        return rows
+
+    # --- the test of the best weights -----------------------------------------------------
+
     def write_test_predictions(
         self, predicted: list[int], *, classes: list[str], source: str, best_epoch: int
     ) -> None:
         content = {"source": source, "classes": classes, "best_epoch": best_epoch}
         _write_text(
-            self.path / "test_predictions.json",
+            self.path / self.PREDICTIONS,
             json.dumps({**content, "predicted": predicted}) + "\n",
         )
 
     def read_test_predictions(self, *, source: str, images: int) -> list[int] | None:
         """The stored test predictions of the best weights, if they were made on ``source``
         and cover ``images`` images and are newer than best.pt; None otherwise."""
-        path = self.path / "test_predictions.json"
-        best = self.path / "best.pt"
-        if not path.is_file() or (best.is_file() and best.stat().st_mtime > path.stat().st_mtime):
+        path = self.path / self.PREDICTIONS
+        if not path.is_file() or (
+            self.best.is_file() and self.best.stat().st_mtime > path.stat().st_mtime
+        ):
             return None
         try:
             stored = json.loads(path.read_text())
@@ -184,17 +319,40 @@ class RunDir:
             return None
         return predicted
 
+    def clear_metrics(self) -> None:
+        """A run being trained has no test result yet."""
+        (self.path / self.METRICS).unlink(missing_ok=True)
+
     def write_metrics(self, result: TrainResult) -> None:
-        metrics = {
-            "arch": result.arch,
-            "test_acc": result.test_acc,
-            "test_acc_tta": result.test_acc_tta,
-            "test_loss": result.test_loss,
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "train_s": result.train_s,
-            "device": result.device,
-            "test_images": result.test_images,
-        }
-        _write_text(self.path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        summary = result.summary()
+        metrics = {key: summary[key] for key in METRIC_KEYS}
+        _write_text(self.path / self.METRICS, json.dumps(metrics, indent=2) + "\n")
+
+    def read_metrics(self) -> dict[str, Any]:
+        metrics = self._read_json(self.METRICS, "the run has not finished")
+        missing = [k for k in METRIC_KEYS if not isinstance(metrics, dict) or k not in metrics]
+        if missing:
+            raise RunDirError(
+                f"{self.path / self.METRICS} lacks {', '.join(missing)}; "
+                f"`rtk train --resume {self.path}` tests the best weights again"
+            )
+        return metrics
+
+    def _read_json(self, name: str, hint: str) -> Any:
+        path = self.path / name
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise RunDirError(f"{self.path} has no {name}; {hint}") from exc
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path} is not readable JSON ({exc})") from exc
+
+
+def resume_config(run_path: Path, *, epochs: int | None = None) -> TrainConfig:
+    """The settings to continue the run at ``run_path`` with (see ``RunDir.stored_config``)."""
+    return RunDir.resumable(run_path).stored_config(epochs=epochs)
+
+
+def _leftover(path: Path) -> bool:
+    """A temporary file of ``atomic_path`` (``.NAME.RANDOM.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()

@@ -1,0 +1,43 @@
+"""Where a run computes: the device, its mixed precision, its memory reading."""
+
+from __future__ import annotations
+
+import resource
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from toolkit.training.config import ConfigError, TrainConfig
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available here; use --device cpu or auto")
+    if requested not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {requested!r}; choose auto, cpu or cuda")
+    return requested
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated by tensors this epoch. CPU: the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if not config.amp:
+        return None
+    if device.type != "cuda":
+        raise ConfigError(
+            "--amp needs CUDA (bf16 autocast is slower than fp32 on this kind of CPU); "
+            "drop --amp or use --device cuda"
+        )
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

@@ -1,0 +1,42 @@
+"""What a training run produces, shared by the loop that makes it and the run folder that
+keeps it (so neither imports the other)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    lr: float  # the learning rate this epoch trained with
+    epoch_s: float
+    images_per_s: float  # training images per second over all ranks
+    peak_mem_mb: float
+    grad_norms: dict[str, float] = field(default_factory=dict)  # per weight layer, L2
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    arch: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    test_loss: float
+    test_acc: float
+    train_s: float
+    device: str
+    test_images: int
+    history: list[EpochRecord]
+    test_acc_tta: float | None = None  # with flip test-time augmentation, when the recipe asks
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-epoch history, for ``--json`` and reports."""
+        return {k: v for k, v in asdict(self).items() if k != "history"}
