@@ -129,6 +129,8 @@ def profile_source(
         else:
             torch.manual_seed(int(payload["config"]["seed"]))  # the run's own initial weights
             model = build_model(payload["model_class"], dict(payload["model_kwargs"]))
+            if payload["config"].get("zero_init_residual"):
+                model.zero_init_residual()
     else:
         if at != "init":
             raise ConfigError(f"{spec} is an architecture: only --at init applies; name a run")

@@ -138,3 +138,22 @@ def test_macs_match_the_reference_figures():
     # One conv by hand: the baseline's first conv is 32x32 positions x 32 filters x 27 taps.
     first = nn.Conv2d(3, 32, 3, padding=1)
     assert count_macs(first) == 32 * 32 * 32 * 27
+
+
+@pytest.mark.parametrize(("name", "branches"), [("mini-resnet", 8), ("resnet18", 8)])
+def test_zero_init_residual_makes_every_block_its_shortcut(name: str, branches: int):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    assert model.zero_init_residual() == branches
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    x = torch.randn(2, blocks[1].conv1.in_channels, 8, 8)
+    assert torch.equal(blocks[1](x), torch.relu(x))  # identity shortcut: the block is ReLU(x)
+
+
+@pytest.mark.parametrize("name", ["baseline-cnn", "resnet18-noskip"])
+def test_zero_init_residual_leaves_plain_networks_alone(name: str):
+    torch.manual_seed(0)
+    model = create_model(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.zero_init_residual() == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -95,6 +95,12 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def zero_init_residual(self) -> int:
+        """Zero the last BatchNorm scale of every residual branch, so that each residual block
+        starts as its shortcut (Goyal et al. 2017; torchvision's ``zero_init_residual``).
+        Returns how many branches it zeroed: none in a network without shortcuts."""
+        return 0
+
     def weight_layers(self) -> list[WeightLayer]:
         """Every conv and linear layer, in depth order, with stable names."""
         return weight_layers_of(self)

@@ -44,6 +44,14 @@ class BasicBlock(nn.Module):
                 )
             )
 
+    def zero_init_last(self) -> bool:
+        """Start as the shortcut alone: zero the branch's last BN scale (only where there is a
+        shortcut; in a plain block it would cut the signal). True if it did."""
+        if not self.skip or not isinstance(self.bn2, nn.BatchNorm2d):
+            return False
+        nn.init.zeros_(self.bn2.weight)
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -89,6 +97,11 @@ class ResNet(Classifier):
             in_ch = width
         self.stages = nn.Sequential(*stages)
         self._finish(in_ch, num_classes=num_classes, dropout=dropout)
+
+    def zero_init_residual(self) -> int:
+        return sum(
+            block.zero_init_last() for block in self.modules() if isinstance(block, BasicBlock)
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

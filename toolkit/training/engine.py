@@ -187,6 +187,8 @@ class Trainer:
         self.arch = arch
         self.model_kwargs = {**arch.kwargs, "dropout": config.dropout}
         self.model: Classifier = arch.build(**self.model_kwargs).to(self.device)
+        if config.zero_init_residual:
+            self.model.zero_init_residual()
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.layers = self.model.weight_layers()
