@@ -46,7 +46,7 @@ class Budget:
     recipe: str  # a key of RECIPES: every model trains with it, so they compare on equal terms
     reduction: str  # what this budget trims from its recipe, stated in the report
     per_model: dict[str, dict[str, Any]]  # make_config overrides per architecture
-    val_size: int = 5000
+    val_size: int = TrainConfig.val_size
     grad_batches: int = 8
     bench_batches: tuple[int, ...] = (1, 64)
     bench_seconds: float = 1.0

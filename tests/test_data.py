@@ -82,7 +82,7 @@ def test_split_is_stratified_seeded_and_disjoint(imagefolder: Path):
 
 def test_validation_size_out_of_range(imagefolder: Path):
     with pytest.raises(DataError, match="validation size"):
-        load_dataset(imagefolder).split(val_size=N_TRAIN)
+        load_dataset(imagefolder).split(val_size=N_TRAIN, seed=0)
 
 
 # --- the cache ---------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_translate_shifts_each_image_within_the_range():
 
 
 def test_loader_epoch_covers_every_image_once_in_a_seeded_order(imagefolder: Path):
-    train, _ = load_dataset(imagefolder).split(val_size=50)
+    train, _ = load_dataset(imagefolder).split(val_size=50, seed=0)
     loader = TensorLoader(train, batch_size=32, shuffle=True, augment=None, seed=5)
     assert len(loader) == -(-len(train) // 32)
     epoch0 = [y for _, y in loader]

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from toolkit.cli.output import console, notice, print_json
+from toolkit.config import TrainConfig
 
 app = typer.Typer(help="Inspect the CIFAR-10 data rtk trains on.", no_args_is_help=True)
 
@@ -22,8 +23,12 @@ DataOption = typer.Option(
 @app.command("info")
 def info(
     data: Path | None = DataOption,
-    val_size: int = typer.Option(5000, "--val-size", help="Training images held out."),
-    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the train/val split."),
+    val_size: int = typer.Option(
+        TrainConfig.val_size, "--val-size", help="Training images held out."
+    ),
+    split_seed: int = typer.Option(
+        TrainConfig.split_seed, "--split-seed", help="Seed of the train/val split."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Show the dataset's source, format, cache, split sizes and per-class counts."""

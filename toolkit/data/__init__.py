@@ -1,8 +1,6 @@
 """CIFAR-10 for rtk: locate, decode once, cache, split, and iterate as device tensors."""
 
 from toolkit.data.dataset import (
-    DEFAULT_SPLIT_SEED,
-    DEFAULT_VAL_SIZE,
     CacheCleanup,
     DataInfo,
     Dataset,
@@ -17,8 +15,6 @@ from toolkit.data.sources import DataSource
 from toolkit.data.transforms import MEAN, PAPER_AUGMENT, STD, Augment, augment, normalize
 
 __all__ = [
-    "DEFAULT_SPLIT_SEED",
-    "DEFAULT_VAL_SIZE",
     "MEAN",
     "PAPER_AUGMENT",
     "STD",

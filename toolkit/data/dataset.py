@@ -25,8 +25,6 @@ CACHE_PREFIX = "cifar10-"  # cache files are CACHE_PREFIX + a hash of the source
 _CACHE_NAME = re.compile(
     rf"{CACHE_PREFIX}[0-9a-f]{{16}}\.pt|\.{CACHE_PREFIX}[0-9a-f]{{16}}\.pt\.\w+\.tmp"
 )
-DEFAULT_VAL_SIZE = 5_000
-DEFAULT_SPLIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -58,9 +56,7 @@ class Dataset:
     from_cache: bool
     load_s: float
 
-    def split(
-        self, *, val_size: int = DEFAULT_VAL_SIZE, seed: int = DEFAULT_SPLIT_SEED
-    ) -> tuple[Split, Split]:
+    def split(self, *, val_size: int, seed: int) -> tuple[Split, Split]:
         """Hold ``val_size`` training images out for validation, stratified by class.
 
         The test split is never touched here: model selection only ever sees validation.

@@ -1,5 +1,6 @@
 """Training: the paper's recipes, resumable runs, run directories and checkpoints."""
 
+from toolkit.config import RECIPES, ConfigError, TrainConfig, make_config
 from toolkit.training.checkpoint import (
     CheckpointError,
     initial_checkpoint,
@@ -7,7 +8,6 @@ from toolkit.training.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from toolkit.training.config import RECIPES, ConfigError, TrainConfig, make_config
 from toolkit.training.device import resolve_device
 from toolkit.training.engine import (
     NonFiniteLossError,

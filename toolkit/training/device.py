@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from toolkit.training.config import ConfigError, TrainConfig
+from toolkit.config import ConfigError, TrainConfig
 
 
 def resolve_device(requested: str) -> str:

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit.config import ConfigError, TrainConfig
 from toolkit.data import Augment, Dataset, TensorLoader
 from toolkit.errors import RtkError
 from toolkit.models import Classifier, WeightLayer, get_architecture
 from toolkit.training import distributed
 from toolkit.training.checkpoint import describe_model
-from toolkit.training.config import ConfigError, TrainConfig
 from toolkit.training.device import amp_dtype, autocast, peak_memory_mb, resolve_device
 from toolkit.training.records import EpochRecord, TrainResult
 from toolkit.training.rundir import RunDir

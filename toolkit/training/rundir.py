@@ -24,10 +24,10 @@ import torch
 import torchvision
 
 from toolkit import __version__
+from toolkit.config import ConfigError, TrainConfig
 from toolkit.errors import RtkError
 from toolkit.fileio import atomic_path
 from toolkit.training.checkpoint import load_checkpoint, save_checkpoint
-from toolkit.training.config import ConfigError, TrainConfig
 from toolkit.training.records import EpochRecord, TrainResult
 
 SCALAR_COLUMNS = (
