@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from toolkit.data.dataset import Split
-from toolkit.data.transforms import Augment, augment, normalize
+from toolkit.data.transforms import Augment, apply_augment, draw_augment, normalize
 
 
 def epoch_generator(*key: int) -> torch.Generator:
@@ -79,20 +79,35 @@ class TensorLoader:
         if self.world_size > 1:
             order = (torch.arange(n) if order is None else order)[self.rank :: self.world_size]
             order = order[: self.num_images]
+        device = self.images.device
         if order is not None:
-            order = order.to(self.images.device)
-        generator = epoch_generator(self.seed, self.epoch, self.rank)
+            order = _to_device(order, device)
+        draws = None
+        if self.augment:
+            # The whole epoch's random choices at once: one copy to a GPU, no sync per batch.
+            generator = epoch_generator(self.seed, self.epoch, self.rank)
+            draws = _to_device(draw_augment(self.augment, self.num_images, generator), device)
         for index in range(len(self)):
             start = index * self.batch_size
+            stop = start + self.batch_size
             if order is None:
-                images = self.images[start : start + self.batch_size]
-                labels = self.labels[start : start + self.batch_size]
+                images, labels = self.images[start:stop], self.labels[start:stop]
             else:
-                batch = order[start : start + self.batch_size]
+                batch = order[start:stop]
                 images, labels = self.images[batch], self.labels[batch]
-            x = augment(images, self.augment, generator) if self.augment else images
+            if self.augment and draws is not None:
+                x = apply_augment(images, self.augment, draws[start:stop])
+            else:
+                x = images
             x = normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels
         self.epoch += 1
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One host-to-device copy that does not block the host (pinned source) on a GPU."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

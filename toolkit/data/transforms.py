@@ -6,6 +6,7 @@ PIL work; all randomness comes from one explicit generator, so a seed fixes ever
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,39 +30,61 @@ PAPER_AUGMENT = Augment(flip=True, brightness=0.1, translate=0)
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] or float [0, 1] images to float32 in [-1, 1] with the paper's mean/std."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = torch.tensor(MEAN, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, -1, 1, 1)
+    mean, std = _normalization(x.device)
     return (x - mean) / std
 
 
-def augment(images: torch.Tensor, spec: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Augment a uint8 batch (N, 3, H, W); returns float32 on the [0, 1] scale.
+@functools.cache
+def _normalization(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a fresh host-to-device copy per batch would sync a GPU each step.
+    return (
+        torch.tensor(MEAN, device=device).view(1, -1, 1, 1),
+        torch.tensor(STD, device=device).view(1, -1, 1, 1),
+    )
 
-    Random draws are made on the CPU generator and moved to the images' device, so a seed
-    gives the same augmentation on every device.
+
+def draw_augment(spec: Augment, n: int, generator: torch.Generator) -> torch.Tensor:
+    """The random choices for ``n`` images, drawn on the CPU generator (so a seed gives the
+    same augmentation on every device), as one (n, 4) float32 tensor that moves to a GPU in a
+    single copy: flip (0 or 1), row shift, column shift (0 to 2 x translate), brightness delta.
     """
+    draws = torch.zeros(n, 4)
+    if spec.flip:
+        draws[:, 0] = (torch.rand(n, generator=generator) < 0.5).float()
+    if spec.translate > 0:
+        draws[:, 1:3] = torch.randint(0, 2 * spec.translate + 1, (n, 2), generator=generator)
+    if spec.brightness > 0:
+        draws[:, 3] = (torch.rand(n, generator=generator) * 2 - 1) * spec.brightness
+    return draws
+
+
+def apply_augment(images: torch.Tensor, spec: Augment, draws: torch.Tensor) -> torch.Tensor:
+    """Augment a uint8 batch (N, 3, H, W) with ``draws`` (``draw_augment``'s, on the images'
+    device); returns float32 on the [0, 1] scale."""
     n = images.shape[0]
     x = images.float() / 255.0
-    device = x.device
     if spec.flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(device)
-        x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+        x = torch.where(draws[:, 0].bool().view(n, 1, 1, 1), x.flip(3), x)
     if spec.translate > 0:
-        x = _translate(x, spec.translate, generator)
+        x = _translate(x, spec.translate, draws[:, 1:3].long())
     if spec.brightness > 0:
-        delta = (torch.rand(n, generator=generator) * 2 - 1) * spec.brightness
         # Clamped, so the normalised input stays within [-1, 1] as the paper's range says.
-        x = (x + delta.to(device).view(n, 1, 1, 1)).clamp_(0.0, 1.0)
+        x = (x + draws[:, 3].view(n, 1, 1, 1)).clamp_(0.0, 1.0)
     return x
 
 
-def _translate(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """A random crop of each reflect-padded image: shifts in [-pad, pad] on both axes."""
+def augment(images: torch.Tensor, spec: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Draw and apply one batch's augmentation."""
+    draws = draw_augment(spec, images.shape[0], generator).to(images.device)
+    return apply_augment(images, spec, draws)
+
+
+def _translate(x: torch.Tensor, pad: int, shifts: torch.Tensor) -> torch.Tensor:
+    """A crop of each reflect-padded image at ``shifts`` (N, 2): moves in [-pad, pad]."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
-    rows = shifts[0].view(n, 1) + torch.arange(h, device=x.device).view(1, h)
-    cols = shifts[1].view(n, 1) + torch.arange(w, device=x.device).view(1, w)
+    rows = shifts[:, 0].view(n, 1) + torch.arange(h, device=x.device).view(1, h)
+    cols = shifts[:, 1].view(n, 1) + torch.arange(w, device=x.device).view(1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1)
     # Advanced indexing gathers (N, H, W, C); move channels back to dim 1.
     return padded.permute(0, 2, 3, 1)[batch, rows.view(n, h, 1), cols.view(n, 1, w)].permute(

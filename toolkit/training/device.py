@@ -36,7 +36,11 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
             "--amp needs CUDA (bf16 autocast is slower than fp32 on this kind of CPU); "
             "drop --amp or use --device cuda"
         )
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # bf16 only where this GPU computes it natively (Ampere and later); emulated bf16 is slow,
+    # so older GPUs get fp16 with the gradient scaler.
+    with torch.cuda.device(device):
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from toolkit.config import ConfigError
+
 
 @dataclass(frozen=True)
 class World:
@@ -32,7 +34,9 @@ class World:
 
 
 def init_world(device_type: str) -> World:
-    """Join the process group torchrun prepared, if any."""
+    """Join the process group torchrun prepared, if any. On CUDA each rank first claims its
+    own GPU: without ``set_device`` and ``device_id``, NCCL's object collectives build their
+    tensors on cuda:0 on every rank and the run hangs."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return World()
     world = World(
@@ -40,15 +44,42 @@ def init_world(device_type: str) -> World:
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         size=int(os.environ["WORLD_SIZE"]),
     )
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return world
+    if device_type == "cuda":
+        check_gpus(world.local_rank + 1)
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", device_id=device)
+    else:
+        dist.init_process_group(backend="gloo")
     return world
+
+
+def check_gpus(needed: int) -> None:
+    """Refuse, in one line, more processes per machine than it has visible GPUs."""
+    visible = torch.cuda.device_count()
+    if needed > visible:
+        raise ConfigError(
+            f"{needed} processes on this machine need {needed} GPUs but {visible} "
+            f"{'is' if visible == 1 else 'are'} visible (CUDA_VISIBLE_DEVICES); "
+            f"pass --nproc {visible} or fewer, or --device cpu"
+        )
 
 
 def device_for(world: World, device_type: str) -> torch.device:
     if device_type == "cuda":
         return torch.device("cuda", world.local_rank)
     return torch.device(device_type)
+
+
+def gather_object(world: World, value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank."""
+    if not world.distributed:
+        return [value]
+    values: list[Any] = [None] * world.size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def broadcast_object(world: World, value: Any) -> Any:

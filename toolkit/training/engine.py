@@ -37,6 +37,10 @@ class NonFiniteLossError(RtkError):
     """The loss became NaN or infinite; the last good checkpoints are kept."""
 
 
+class OutOfMemory(RtkError):
+    """The GPU ran out of memory; a smaller batch fits."""
+
+
 class TrainingInterrupted(RtkError):
     """Ctrl-C: ``last.pt`` holds the last finished epoch."""
 
@@ -129,22 +133,36 @@ class GradNorms:
         self.layers = layers
         self.first = of - min(batches, of)
         self.sums: torch.Tensor | None = None
-        self.count = 0
+        self.count: torch.Tensor | None = None
 
     def wants(self, index: int) -> bool:
         return index >= self.first
 
     def add(self) -> None:
         grads = [layer.module.weight.grad for layer in self.layers]
-        norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
-        self.sums = norms.double() if self.sums is None else self.sums + norms.double()
-        self.count += 1
+        norms = torch.stack([torch.linalg.vector_norm(g) for g in grads]).double()
+        # A step the fp16 scaler skips has inf gradients: it counts for nothing (no host sync).
+        finite = torch.isfinite(norms).all()
+        norms = torch.where(finite, norms, torch.zeros_like(norms))
+        self.sums = norms if self.sums is None else self.sums + norms
+        self.count = finite.long() if self.count is None else self.count + finite.long()
 
     def means(self) -> dict[str, float]:
-        if self.sums is None:
+        if self.sums is None or self.count is None:
             return {layer.name: 0.0 for layer in self.layers}
-        means = (self.sums / self.count).tolist()
+        means = (self.sums / self.count.clamp(min=1)).tolist()
         return {layer.name: n for layer, n in zip(self.layers, means, strict=True)}
+
+
+@contextmanager
+def _out_of_memory_as_error(batch_size: int) -> Iterator[None]:
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise OutOfMemory(
+            f"the GPU ran out of memory at batch size {batch_size} per process; pass a smaller "
+            "--batch-size (the recipe's lr scales with it) or add --amp"
+        ) from None
 
 
 @contextmanager
@@ -179,6 +197,8 @@ class Trainer:
         else:  # only rank 0 writes; the others just know the path
             self.rundir = RunDir.create(run_path) if self.world.is_main else RunDir(run_path)
         self.device = distributed.device_for(self.world, device_type)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         self.amp_dtype = amp_dtype(config, self.device)
         self.observer = observer if self.world.is_main else None
 
@@ -192,6 +212,8 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.layers = self.model.weight_layers()
+        if self.world.distributed:  # the same weights, but each rank its own dropout masks
+            torch.manual_seed(config.seed + self.world.rank)
         wrapped = distributed.wrap(self.world, self.model, self.device)
         self.net: nn.Module = torch.compile(wrapped) if config.compile else wrapped
 
@@ -208,6 +230,7 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[EpochRecord] = []
         self.train_s = 0.0
+        self.compiled = False  # torch.compile compiles on this process's first training step
         if resume and self.rundir.started:  # else it was killed before its first checkpoint
             self._restore(self.rundir.load_last())
 
@@ -282,7 +305,16 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------
 
-    def _payload(self, *, full: bool) -> dict[str, Any]:
+    def _rng_states(self) -> dict[str, Any]:
+        """Every rank's generator states (a collective: call it on every rank). Each rank keeps
+        its CPU state and its own GPU's, so a resume elsewhere never indexes a missing GPU."""
+        own = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        return {"torch": own["torch"], "ranks": distributed.gather_object(self.world, own)}
+
+    def _payload(self, *, full: bool, rng: dict[str, Any] | None = None) -> dict[str, Any]:
         payload = describe_model(
             arch=self.arch.name,
             model_class=self.arch.model_class,
@@ -291,7 +323,7 @@ class Trainer:
         )
         payload.update(
             epoch=self.epoch,
-            state_dict=self.model.state_dict(),
+            state_dict=_on_cpu(self.model.state_dict()),
             config=self.config.to_dict(),
             metrics=asdict(self.history[-1]) if self.history else {},
             best_epoch=self.best_epoch,
@@ -299,7 +331,7 @@ class Trainer:
         )
         if full:
             payload.update(
-                optimizer=self.optimizer.state_dict(),
+                optimizer=_on_cpu(self.optimizer.state_dict()),
                 scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
                 scaler=self.scaler.state_dict(),
                 early_stopping={
@@ -309,10 +341,7 @@ class Trainer:
                 },
                 history=[asdict(record) for record in self.history],
                 train_s=self.train_s,
-                rng={
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                },
+                rng=rng,
             )
         return payload
 
@@ -330,7 +359,8 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.scheduler is not None and payload["scheduler"] is not None:
             self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
+        if self.scaler.is_enabled() and payload["scaler"]:  # empty when saved under bf16
+            self.scaler.load_state_dict(payload["scaler"])
         stopping = payload["early_stopping"]
         self.best_val_loss = stopping["best_val_loss"]
         self.best_epoch = stopping["best_epoch"]
@@ -338,9 +368,12 @@ class Trainer:
         self.history = [EpochRecord(**row) for row in payload["history"]]
         self.epoch = payload["epoch"]
         self.train_s = payload["train_s"]
-        torch.set_rng_state(payload["rng"]["torch"])
-        if payload["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        ranks = payload["rng"].get("ranks") or []
+        # Another world size or an older checkpoint: rank 0's CPU state, fresh GPU streams.
+        own = ranks[self.world.rank] if len(ranks) == self.world.size else {}
+        torch.set_rng_state(own.get("torch", payload["rng"]["torch"]))
+        if own.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -355,6 +388,7 @@ class Trainer:
                 f"{self.rundir.path} already {why} (epoch {self.epoch}); nothing to resume"
                 + ("" if stopped_early else ": pass a larger --epochs to train further")
             )
+        rng = self._rng_states() if self.epoch == 0 else None
         if self.world.is_main:
             self.rundir.remove_leftovers()
             self.rundir.clear_metrics()  # stale while training
@@ -362,14 +396,17 @@ class Trainer:
                 c, device=str(self.device), world_size=self.world.size, data=self._data_facts()
             )
             if self.epoch == 0:
-                self.rundir.save_last(self._payload(full=True))
+                self.rundir.save_last(self._payload(full=True, rng=rng))
             self.rundir.write_history(self.history)
-        # A run killed after its last epoch goes straight to the test of its best weights.
-        with _interrupt_as_error(self.rundir):
-            while self.epoch < c.epochs and not stopped_early:
-                record = self._train_epoch()
-                stopped_early = self._end_epoch(record)
-            return self._finish(stopped_early)
+        try:
+            with _interrupt_as_error(self.rundir), _out_of_memory_as_error(c.batch_size):
+                # A run killed after its last epoch goes straight to the test of its best weights.
+                while self.epoch < c.epochs and not stopped_early:
+                    record = self._train_epoch()
+                    stopped_early = self._end_epoch(record)
+                return self._finish(stopped_early)
+        finally:  # also on Ctrl-C and a NaN stop: the process group never outlives the run
+            distributed.shutdown(self.world)
 
     def _train_epoch(self) -> EpochRecord:
         c = self.config
@@ -386,7 +423,9 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
         grad_norms = GradNorms(self.layers, batches=c.grad_norm_batches, of=len(loader))
+        compiling = c.compile and not self.compiled  # this process's first step compiles
         start = time.perf_counter()
+        rated_from, rated_seen, compile_s = start, 0, 0.0
         for index, (images, labels) in enumerate(loader):
             with autocast(self.device, self.amp_dtype):
                 logits = self.net(images)
@@ -403,6 +442,10 @@ class Trainer:
             loss_sum += loss.detach().double() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
+            if compiling and index == 0:  # time the compilation apart from the epoch's rate
+                loss.item()  # waits for the step
+                compile_s = time.perf_counter() - start
+                rated_from, rated_seen, self.compiled = time.perf_counter(), seen, True
             if (index + 1) % PROGRESS_EVERY == 0 or index + 1 == len(loader):
                 # Rank 0's loss decides for all ranks, so no rank stops alone and deadlocks.
                 mean_loss = distributed.broadcast_object(self.world, loss_sum.item() / seen)
@@ -410,7 +453,9 @@ class Trainer:
                 if self.observer:
                     rate = seen * self.world.size / (time.perf_counter() - start)
                     self.observer.batch_progress(index + 1, mean_loss, correct.item() / seen, rate)
-        train_s = time.perf_counter() - start
+        rated_s, rated = time.perf_counter() - rated_from, seen - rated_seen
+        if not rated:  # a one-batch epoch: nothing ran after the compilation
+            rated_s, rated = time.perf_counter() - start, seen
         distributed.sync_buffers(self.world, self.model)
         # The unwrapped model: after sync_buffers every rank holds the same weights, and DDP's
         # per-forward collectives have no place in evaluation.
@@ -427,9 +472,10 @@ class Trainer:
             val_acc=val.acc if val else None,
             lr=lr,
             epoch_s=time.perf_counter() - start,
-            images_per_s=seen * self.world.size / train_s,
+            images_per_s=rated * self.world.size / rated_s,
             peak_mem_mb=peak_memory_mb(self.device),
             grad_norms=grad_norms.means(),
+            compile_s=compile_s,
         )
 
     def _check_finite(self, loss: float, what: str) -> None:
@@ -461,10 +507,11 @@ class Trainer:
             self.scheduler.step(monitored)
         elif self.scheduler is not None and not self._per_step_schedule:
             self.scheduler.step()
+        rng = self._rng_states()
         if self.world.is_main:
             if keep:
                 self.rundir.save_best(self._payload(full=False))
-            self.rundir.save_last(self._payload(full=True))
+            self.rundir.save_last(self._payload(full=True, rng=rng))
             self.rundir.append_history(record)
         if self.observer:
             self.observer.epoch_end(record)
@@ -499,5 +546,16 @@ class Trainer:
                 best_epoch=self.best_epoch,
             )
             self.rundir.write_metrics(result)
-        distributed.shutdown(self.world)
         return result
+
+
+def _on_cpu(state: Any) -> Any:
+    """A copy of ``state`` with every tensor on the CPU, so that a checkpoint written on a GPU
+    loads with plain ``torch.load(path, weights_only=True)`` on a machine without one."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _on_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_on_cpu(v) for v in state)
+    return state

@@ -16,10 +16,11 @@ class EpochRecord:
     val_loss: float | None
     val_acc: float | None
     lr: float  # the learning rate this epoch trained with
-    epoch_s: float
-    images_per_s: float  # training images per second over all ranks
+    epoch_s: float  # wall time, compilation and validation included
+    images_per_s: float  # training images per second over all ranks, compilation excluded
     peak_mem_mb: float
     grad_norms: dict[str, float] = field(default_factory=dict)  # per weight layer, L2
+    compile_s: float = 0.0  # torch.compile's first step in this process (0: not compiled)
 
 
 @dataclass(frozen=True)

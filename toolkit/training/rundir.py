@@ -41,6 +41,7 @@ SCALAR_COLUMNS = (
     "images_per_s",
     "peak_mem_mb",
 )
+LATER_COLUMNS = ("compile_s",)  # added after the first runs: history rows may lack them
 METRIC_KEYS = (
     "arch",
     "test_acc",
@@ -83,12 +84,14 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _csv_header(record: EpochRecord) -> list[str]:
-    return [*SCALAR_COLUMNS, *(f"grad_norm:{name}" for name in record.grad_norms)]
+    names = [*SCALAR_COLUMNS, *LATER_COLUMNS]
+    return [*names, *(f"grad_norm:{name}" for name in record.grad_norms)]
 
 
 def _csv_row(record: EpochRecord) -> list[Any]:
     row = dataclasses.asdict(record)
-    return [row[c] for c in SCALAR_COLUMNS] + list(record.grad_norms.values())
+    names = [*SCALAR_COLUMNS, *LATER_COLUMNS]
+    return [row[c] for c in names] + list(record.grad_norms.values())
 
 
 class RunDir:

@@ -1,0 +1,123 @@
+"""The device logic of the GPU path, checked here on the CPU: which GPU a rank claims, what
+it refuses, which precision it picks, what a resume restores. (The parts that need a real
+GPU are in test_gpu.py, marked ``gpu``.)"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.test_training import QUICK, _history, _InterruptAt
+from toolkit.cli.app import app
+from toolkit.config import ConfigError, TrainConfig
+from toolkit.data import Dataset, load_dataset
+from toolkit.models import create_model
+from toolkit.training import Trainer, TrainingInterrupted, distributed, make_config
+from toolkit.training.device import amp_dtype
+from toolkit.training.engine import GradNorms
+
+
+@pytest.fixture
+def dataset(imagefolder: Path) -> Dataset:
+    return load_dataset(imagefolder)
+
+
+def test_a_cuda_rank_claims_its_own_gpu_before_joining_the_group(monkeypatch):
+    calls: dict[str, object] = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        distributed.dist, "init_process_group", lambda **kw: calls.setdefault("init", kw)
+    )
+    world = distributed.init_world("cuda")
+    assert (world.rank, world.local_rank, world.size) == (1, 1, 2)
+    assert calls["set_device"] == torch.device("cuda", 1)
+    assert calls["init"] == {"backend": "nccl", "device_id": torch.device("cuda", 1)}
+
+
+def test_more_processes_than_visible_gpus_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"2 processes .* 1 is visible.*--nproc 1 or fewer"):
+        distributed.check_gpus(2)
+    distributed.check_gpus(1)  # enough
+
+
+def test_amp_uses_bf16_only_where_the_gpu_runs_it_natively(monkeypatch):
+    asked: list[bool] = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return including_emulation  # an older GPU: bf16 only through emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: torch.device("cpu"))  # a no-op
+    config = TrainConfig(arch="baseline-cnn", amp=True)
+    assert amp_dtype(config, torch.device("cuda", 0)) == torch.float16
+    assert asked == [False]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert amp_dtype(config, torch.device("cuda", 0)) == torch.bfloat16
+
+
+def test_gradient_norms_skip_the_steps_the_fp16_scaler_skips():
+    model = create_model("baseline-cnn")
+    layers = model.weight_layers()
+    norms = GradNorms(layers, batches=3, of=3)
+    for scale in (1.0, float("inf"), 3.0):  # the middle step overflowed
+        for layer in layers:
+            layer.module.weight.grad = torch.full_like(layer.module.weight, scale)
+        norms.add()
+    means = norms.means()
+    for layer in layers:
+        one = torch.linalg.vector_norm(torch.ones_like(layer.module.weight)).item()
+        assert means[layer.name] == pytest.approx(2 * one)  # the mean of 1x and 3x, no inf
+
+
+def test_the_process_group_is_closed_on_ctrl_c(dataset: Dataset, tmp_path: Path, monkeypatch):
+    closed: list[object] = []
+    monkeypatch.setattr(distributed, "shutdown", closed.append)
+    trainer = Trainer(make_config("baseline-cnn", epochs=2, **QUICK), dataset, tmp_path / "run",
+                      observer=_InterruptAt(1))  # fmt: skip
+    with pytest.raises(TrainingInterrupted):
+        trainer.run()
+    assert closed == [trainer.world]
+
+
+def test_gpu_out_of_memory_is_one_line_naming_the_batch(imagefolder: Path, tmp_path: Path,
+                                                        monkeypatch):  # fmt: skip
+    def out_of_memory(self: Trainer) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "_train_epoch", out_of_memory)
+    result = CliRunner().invoke(app, [
+        "train", "baseline-cnn", "--epochs", "1", "--val-size", "50", "--data", str(imagefolder),
+        "--out", str(tmp_path), "--batch-size", "32", "--quiet",
+    ])  # fmt: skip
+    assert result.exit_code == 2
+    assert "ran out of memory at batch size 32" in result.output
+    assert "smaller --batch-size" in result.output and "Traceback" not in result.output
+
+
+def test_a_checkpoint_from_before_per_rank_rng_states_resumes_exactly(
+    dataset: Dataset, tmp_path: Path
+):
+    """Runs started before each rank kept its own generator states store one CPU state and a
+    list of every visible GPU's: they resume to the uninterrupted history."""
+    config = make_config("baseline-cnn", epochs=3, **QUICK)
+    whole = Trainer(config, dataset, tmp_path / "whole").run()
+    with pytest.raises(TrainingInterrupted):
+        Trainer(config, dataset, tmp_path / "cut", observer=_InterruptAt(3)).run()
+    last = tmp_path / "cut" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    payload["rng"] = {"torch": payload["rng"]["torch"], "cuda": []}  # the old layout
+    torch.save(payload, last)
+    resumed = Trainer(config, dataset, tmp_path / "cut", resume=True).run()
+    assert _history(resumed) == _history(whole)
+    assert dataclasses.asdict(resumed.history[0])["compile_s"] == 0.0  # not compiled
