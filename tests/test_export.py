@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,7 +25,7 @@ from exporters.opset import opset_support
 from exporters.predict import predict
 from exporters.runtime import ProviderUnavailableError, create_session
 from exporters.view import free_port, serve
-from tests.conftest import CLASSES, default_sigint
+from tests.conftest import CLASSES, TinyData, default_sigint, write_imagefolder
 from toolkit.cli import app
 from toolkit.data import Dataset, load_dataset
 from toolkit.models import architecture_names
@@ -106,7 +108,96 @@ def test_failed_validation_leaves_no_file(
     with pytest.raises(ExportError, match=r"model.int8.onnx failed validation: INT8 accuracy"):
         export_onnx(run, dataset=dataset, int8=True, calib_images=32, parity_images=PARITY)
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["best.pt", "metrics.json", "model.onnx"]  # fp32 passed; nothing else
+    assert names == ["best.pt", "metrics.json"]  # one export's files come together or not at all
+
+
+@pytest.fixture(scope="module")
+def previous_export(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
+    """A run folder holding a real, validated fp32 + FP16 + INT8 export (copy it to use it)."""
+    data = write_imagefolder(tmp_path_factory.mktemp("data"), tiny_data)
+    dataset = load_dataset(data, cache_dir=tmp_path_factory.mktemp("cache"))
+    run = write_checkpoint(tmp_path_factory.mktemp("previous") / "run", "baseline-cnn")
+    export_onnx(run, dataset=dataset, fp16=True, int8=True, calib_images=32, parity_images=PARITY)
+    return run
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_export_keeps_every_previous_file(
+    previous_export: Path, dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run = shutil.copytree(previous_export, tmp_path / "run")
+    before = _contents(run)
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx"} <= before.keys()
+    # The new fp32 file fails: the stale FP16/INT8 copies are not removed ahead of it.
+    with monkeypatch.context() as patch, pytest.raises(ExportError, match=r"model\.onnx fail"):
+        patch.setattr(validate, "FP32_TOLERANCE", -1.0)
+        export_onnx(run, dataset=dataset, parity_images=PARITY)
+    assert _contents(run) == before
+    # The new fp32 file passes, INT8 fails: neither replaces its predecessor.
+    with monkeypatch.context() as patch, pytest.raises(ExportError, match=r"int8\.onnx fail"):
+        patch.setattr(validate, "MAX_ACC_DROP", -1.0)
+        export_onnx(run, dataset=dataset, int8=True, calib_images=32, parity_images=PARITY)
+    assert _contents(run) == before
+    # A good fp32-only export replaces model.onnx and only then drops the copies it outdates.
+    export_onnx(run, dataset=dataset, parity_images=PARITY, simplify=False)
+    after = _contents(run)
+    assert sorted(after) == ["best.pt", "metrics.json", "model.onnx"]
+    assert after["model.onnx"] != before["model.onnx"]  # unsimplified: a different graph
+
+
+def test_a_full_disk_during_export_leaves_the_previous_files(
+    previous_export: Path, imagefolder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run = shutil.copytree(previous_export, tmp_path / "run")
+    before = _contents(run)
+    real_save = onnx.save
+
+    def save_until_the_disk_is_full(proto, path, *args, **kwargs):
+        if "int8" not in str(path):  # fp32 and FP16 are written, then the disk fills up
+            return real_save(proto, path, *args, **kwargs)
+        Path(path).write_bytes(b"half an ONNX file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(onnx, "save", save_until_the_disk_is_full)
+    result = run_cli(
+        "export", str(run), "--onnx", "--fp16", "--int8", "--calib-images", "32",
+        "--parity-images", str(PARITY), "--data", str(imagefolder),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    error = result.stderr.strip().splitlines()[-1]  # after the opset notice: one line, no trace
+    assert "Traceback" not in result.stderr and error.startswith("error: cannot write")
+    assert "No space left on device" in error and "as they were" in error
+    assert _contents(run) == before  # byte for byte, and no temporary file left behind
+
+
+def test_a_killed_exports_temporary_files_are_removed_next_time(dataset: Dataset, tmp_path: Path):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    for name in ("model.onnx", "model.int8.onnx"):  # a writer killed halfway through each
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED_WRITER, str(run / name)], capture_output=True
+        )
+        assert killed.returncode == -signal.SIGKILL
+    leftovers = sorted(p.name for p in run.glob(".*.tmp"))
+    assert len(leftovers) == 2 and leftovers[0].startswith(".model.int8.onnx.")
+    unrelated = run / ".best.pt.x1y2.tmp"  # another writer's: not the export's to remove
+    unrelated.write_bytes(b"")
+    export_onnx(run, dataset=dataset, parity_images=PARITY)
+    assert sorted(p.name for p in run.glob(".*.tmp")) == [unrelated.name]
+    onnx.checker.check_model(str(run / "model.onnx"), full_check=True)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from toolkit.fileio import atomic_path
+
+with atomic_path(Path(sys.argv[1])) as tmp:
+    tmp.write_bytes(b"half an ONNX file")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 def test_cuda_and_tensorrt_are_refused_here(dataset: Dataset, tmp_path: Path):
