@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from toolkit.errors import OutputError
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -30,10 +32,15 @@ def atomic_paths(targets: Sequence[Path]) -> Iterator[list[Path]]:
     os.umask(umask)
     try:
         for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(
-                prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent
-            )
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp_name = tempfile.mkstemp(
+                    prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent
+                )
+            except OSError as exc:  # nothing is written yet: one line naming the folder
+                raise OutputError(
+                    f"cannot write {target} ({exc.strerror or exc}); choose a writable folder"
+                ) from exc
             os.close(fd)
             tmps.append(Path(tmp_name))
             # mkstemp makes 0600; the result should look like any new file.
