@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from exporters.errors import ExportError, MetadataError
 from exporters.opset import opset_support
 from exporters.predict import predict
 from exporters.runtime import ProviderUnavailableError, create_session
-from exporters.view import free_port, serve
+from exporters.view import free_port, serve, stop
 from tests.conftest import CLASSES, TinyData, default_sigint, write_imagefolder
 from toolkit.cli import app
 from toolkit.data import Dataset, load_dataset
@@ -351,6 +352,50 @@ def test_netron_serves_the_model_over_http(dataset: Dataset, tmp_path: Path):
         assert data == result.onnx_path.read_bytes()
     finally:
         netron.stop((served.host, served.port))
+
+
+def test_view_beyond_loopback_serves_the_model_alone(dataset: Dataset, tmp_path: Path):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
+    (run / "config.json").write_text("{}")  # a run folder also holds its training config
+    served = serve(result.onnx_path, host="0.0.0.0", port=free_port("0.0.0.0"), browse=False)
+    try:
+        assert served.exposed and served.private_copy is not None
+        assert served.private_copy.stat().st_mode & 0o777 == 0o700  # a private folder
+        data = f"http://127.0.0.1:{served.port}/data/"
+        assert urllib.request.urlopen(data + "model.onnx", timeout=10).read() == (
+            result.onnx_path.read_bytes()
+        )
+        for neighbour in ("best.pt", "metrics.json", "config.json"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(data + neighbour, timeout=10)
+            assert refused.value.code == 404, neighbour
+    finally:
+        stop(served)
+    assert not served.private_copy.exists()  # removed when the server stops
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "config.json", "metrics.json", "model.onnx",
+    ]  # fmt: skip
+
+
+def test_view_beyond_loopback_warns_that_the_network_sees_the_graph(tmp_path: Path):
+    model = _bare_model(tmp_path / "m.onnx")
+    port = free_port("0.0.0.0")
+    view = subprocess.Popen(
+        [str(Path(sys.executable).with_name("rtk")), "view", str(model), "--host", "0.0.0.0",
+         "--port", str(port), "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+    )  # fmt: skip
+    try:
+        assert "netron serves" in view.stdout.readline()  # printed last before it waits
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=10).read()
+        assert b"netron" in page.lower()
+    finally:
+        view.send_signal(signal.SIGINT)
+        code = view.wait(timeout=10)
+    stderr = view.stderr.read()
+    assert code == 0, stderr
+    assert "warning: 0.0.0.0 is not loopback" in stderr and "see and download" in stderr
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
