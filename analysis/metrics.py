@@ -80,8 +80,7 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
         props = dict(session.get_modelmeta().custom_metadata_map)
         if metadata.CLASSES not in props:
             raise MetadataError(
-                f"{source} carries no class names ({metadata.CLASSES}); export it with "
-                "`rtk export`"
+                f"{source} carries no class names ({metadata.CLASSES}); export it with `rtk export`"
             )
         classes = json.loads(props[metadata.CLASSES])
         _check_classes(classes, dataset, source)

@@ -190,6 +190,7 @@ def test_latency_claim_is_judged_from_the_numbers():
         (["baseline-cnn", "--batch-sizes", "1,x"], "--batch-sizes takes positive integers"),
         (["corrupt.onnx"], "is not a readable ONNX model"),
         (["resnet50"], "is not an ONNX file, a run directory or unknown architecture"),
+        (["baseline-cnn", "--json", "out.json"], "--json prints the report on stdout"),
         (["baseline-cnn", "--max-regression", "5"], "takes both --baseline OLD.json and"),
         (["baseline-cnn", "--baseline", "nope.json", "--max-regression", "5"], "does not exist"),
         (["baseline-cnn", "--baseline", "text.json", "--max-regression", "5"], "is not JSON"),

@@ -84,6 +84,13 @@ def inference(
     from toolkit.errors import RtkError
 
     models = models or []
+    # `--json PATH` once took a path; the path now lands among the models.
+    reports = [m for m in models if m.endswith(".json")]
+    if reports:
+        raise RtkError(
+            f"{reports[0]} is not a model: --json prints the report on stdout; write it to a "
+            f"file with --json-out {reports[0]}"
+        )
     if (iters is not None and iters < 1) or (threads is not None and threads < 1):
         raise RtkError("--iters and --threads must be at least 1")
     if warmup < 0 or not seconds > 0 or not math.isfinite(seconds):
