@@ -215,8 +215,12 @@ def test_bench_faults_are_one_line_exit_2(args: list[str], message: str, tmp_pat
 
 
 def _bench(tmp_path: Path, *extra: str):
+    """A short CPU bench of baseline-cnn, exported once per test (the export is the slow part)."""
+    model = tmp_path / "baseline-cnn" / "model.onnx"
+    if not model.exists():
+        resolve_targets(["baseline-cnn"], runs=tmp_path, workdir=tmp_path, input_shape=None)
     return run_cli(
-        "bench", "baseline-cnn", "--batch-sizes", "1,2", "--iters", "3", "--warmup", "1",
+        "bench", str(model), "--batch-sizes", "1,2", "--iters", "3", "--warmup", "1",
         "--threads", "1", "--no-compare-torch", "--runs", str(tmp_path), *extra,
     )  # fmt: skip
 
