@@ -1,14 +1,17 @@
-"""``rtk bench``: which models to bench, the whole benchmark run, and where results go.
+"""``rtk bench``: which models to bench, the whole benchmark run, where results go, and the
+CI gate against an earlier run's results.
 
 Claim (iii) of the paper's section IV-E (similar inference latency across the four models)
-is judged from each run's own numbers (``analysis.claims.latency_verdict``).
+is judged from each run's own numbers (``analysis.claims.latency_claim``).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +20,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from analysis.claims import Verdict, latency_verdict
+from analysis.claims import Verdict, latency_claim
 from analysis.latency import (
     BenchRow,
     BenchTarget,
@@ -29,11 +32,35 @@ from analysis.latency import (
     fp32_ceiling_gflops,
 )
 from analysis.params import count_macs
+from exporters import metadata
 from exporters.errors import ExportError
 from exporters.runtime import Provider, ProviderUnavailableError
-from toolkit.errors import UnknownArchitectureError
+from toolkit.errors import OutputError, RtkError, UnknownArchitectureError
 from toolkit.fileio import atomic_path
-from toolkit.models import create_model, get_architecture
+from toolkit.models import Architecture, create_model, get_architecture
+
+# An architecture name is benched from a fresh export of untrained weights, whose parity
+# check runs on seeded noise: a few dozen inputs prove the graph computes what PyTorch does.
+FRESH_PARITY_IMAGES = 64
+
+
+class BaselineError(RtkError):
+    """A ``--baseline`` file that is missing or is not an rtk bench report."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How one run times every model and batch size."""
+
+    provider: Provider
+    batch_sizes: tuple[int, ...]
+    warmup: int  # untimed calls before timing, per model and batch size
+    iters: int | None = None  # timed calls per batch size; None: as many as fit in seconds
+    seconds: float | None = None  # timed seconds per batch size, when iters is None
+    threads: int | None = None  # intra-op threads for ORT and PyTorch; None: their default
+    io_binding: bool = False  # CUDA: inputs and outputs stay on the device
+    compare_torch: bool = True  # time PyTorch eager beside each fp32 model
+    channels_last: bool = False  # PyTorch eager in channels_last
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,36 @@ class BenchReport:
     rows: list[BenchRow]
     verdicts: list[Verdict]
     notes: list[str]
+
+
+RowKey = tuple[str, str, str, str, int]  # model, precision, engine, provider, batch
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Median latencies of an earlier ``rtk bench`` run, by row."""
+
+    path: Path
+    p50_ms: dict[RowKey, float]
+
+
+@dataclass(frozen=True)
+class Regression:
+    model: str
+    precision: str
+    engine: str
+    provider: str
+    batch: int
+    old_p50_ms: float
+    new_p50_ms: float
+
+    @property
+    def percent(self) -> float:
+        return (self.new_p50_ms / self.old_p50_ms - 1) * 100
+
+
+def _row_key(row: BenchRow) -> RowKey:
+    return (row.model, row.precision, row.engine, row.provider, row.stats.batch)
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -75,13 +132,13 @@ def _shape_from_model(
 def _from_onnx(path: Path, fill: tuple[int, ...] | None, name: str | None = None) -> BenchTarget:
     graph = _load(path)
     props = {p.key: p.value for p in graph.metadata_props}
-    arch = props.get("rtk.arch")
+    arch = props.get(metadata.ARCH)
     # Latency does not depend on weights: eager runs a fresh model of the same architecture.
     model = create_model(arch) if arch else None
     return BenchTarget(
         name=name or arch or path.stem,
         onnx_path=path,
-        precision=props.get("rtk.precision", "fp32"),
+        precision=props.get(metadata.PRECISION, "fp32"),
         arch=arch,
         torch_model=model,
         input_shape=_shape_from_model(graph, path, fill),
@@ -89,14 +146,23 @@ def _from_onnx(path: Path, fill: tuple[int, ...] | None, name: str | None = None
     )
 
 
+def _fresh_export(arch: Architecture, workdir: Path) -> Path:
+    """``rtk export`` of a freshly initialised model: the same validated path as any export."""
+    from exporters.convert import export_onnx
+    from toolkit.training import initial_checkpoint, save_checkpoint
+
+    run = workdir / arch.name
+    classes = [f"class {i}" for i in range(arch.build().fc.out_features)]
+    save_checkpoint(run / "best.pt", initial_checkpoint(arch.name, classes))
+    (result,) = export_onnx(run, dataset=None, parity_images=FRESH_PARITY_IMAGES)
+    return result.onnx_path
+
+
 def resolve_targets(
     specs: list[str], *, runs: Path, workdir: Path, input_shape: tuple[int, ...] | None
 ) -> tuple[list[BenchTarget], list[str]]:
     """ONNX files, run directories (every precision exported there) and architecture names
     (a fresh fp32 export); with no specs, every exported run under ``runs``."""
-    from exporters.convert import simplify_proto, to_onnx_proto
-    from exporters.opset import opset_support
-
     notes: list[str] = []
     if not specs:
         specs = [str(p.parent) for p in sorted(runs.glob("*/model.onnx"))]
@@ -123,16 +189,7 @@ def resolve_targets(
                 raise ExportError(
                     f"{spec!r} is not an ONNX file, a run directory or {exc}"
                 ) from exc
-            model = arch.build().eval()
-            out = workdir / f"{arch.name}.onnx"
-            proto = simplify_proto(to_onnx_proto(model, opset_support().default))
-            onnx.helper.set_model_props(proto, {"rtk.arch": arch.name, "rtk.precision": "fp32"})
-            onnx.save(proto, str(out))
-            targets.append(
-                BenchTarget(
-                    arch.name, out, "fp32", arch.name, model, (3, 32, 32), count_macs(model)
-                )
-            )
+            targets.append(_from_onnx(_fresh_export(arch, workdir), input_shape, name=arch.name))
             notes.append(
                 f"{arch.name}: freshly initialised weights (latency does not depend on them)"
             )
@@ -140,22 +197,14 @@ def resolve_targets(
 
 
 def run_bench(
-    targets: list[BenchTarget],
-    *,
-    provider: Provider,
-    batch_sizes: list[int],
-    warmup: int,
-    iters: int | None,
-    seconds: float | None,
-    threads: int | None,
-    io_binding: bool,
-    compare_torch: bool,
-    channels_last: bool,
-    notes: list[str],
+    targets: list[BenchTarget], *, settings: BenchSettings, notes: list[str]
 ) -> BenchReport:
     import onnxruntime as ort
 
     from exporters.runtime import create_session
+
+    provider, threads = settings.provider, settings.threads
+    compare_torch, channels_last = settings.compare_torch, settings.channels_last
 
     # Refuse an unavailable provider before anything is timed, so no CPU number is ever
     # measured (let alone recorded) under a GPU label.
@@ -171,7 +220,7 @@ def run_bench(
     rows: list[BenchRow] = []
     running = ""
     for target in targets:
-        for batch in batch_sizes:
+        for batch in settings.batch_sizes:
             eager: LatencyStats | None = None
             # Eager is fp32: timed once per architecture and batch, beside the fp32 export.
             if compare_torch and target.torch_model is not None and target.precision == "fp32":
@@ -180,9 +229,9 @@ def run_bench(
                     batch,
                     device=device,
                     input_shape=target.input_shape,
-                    warmup=warmup,
-                    iters=iters,
-                    seconds=seconds,
+                    warmup=settings.warmup,
+                    iters=settings.iters,
+                    seconds=settings.seconds,
                     channels_last=channels_last,
                 )
             stats, info = bench_onnx(
@@ -190,10 +239,10 @@ def run_bench(
                 batch,
                 provider=provider,
                 threads=threads,
-                warmup=warmup,
-                iters=iters,
-                seconds=seconds,
-                io_binding=io_binding,
+                warmup=settings.warmup,
+                iters=settings.iters,
+                seconds=settings.seconds,
+                io_binding=settings.io_binding,
             )
             running = info.running
             speedup = eager.mean_ms / stats.mean_ms if eager is not None else None
@@ -227,7 +276,7 @@ def run_bench(
         threads=threads,
         fp32_ceiling_gflops=ceiling,
         rows=rows,
-        verdicts=[latency_verdict(rows, provider)],
+        verdicts=[latency_claim(rows, provider)],
         notes=notes,
     )
 
@@ -236,26 +285,86 @@ def _gflops(target: BenchTarget, stats: LatencyStats) -> float | None:
     return 2 * target.macs * stats.images_per_s / 1e9 if target.macs else None
 
 
+def write_result(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole, or fail in one line. Results are shown before they
+    are saved, so a folder that cannot be written costs a file, never the measurement."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    except OSError as exc:  # a full disk or a read-only file; a missing folder is OutputError
+        raise OutputError(
+            f"cannot write {path} ({exc.strerror or exc}); the results are printed above: "
+            "free disk space or choose another path"
+        ) from exc
+
+
 def save_report(
     report: BenchReport, *, json_path: Path | None, csv_path: Path | None, history: Path
 ) -> Path:
     """Write the report where asked, and always append it to ``history`` with a timestamp."""
     content = json.dumps(dataclasses.asdict(report), indent=2, default=str) + "\n"  # Paths
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    kept = history / f"bench-{stamp}.json"
-    for path in filter(None, (json_path, kept)):
-        with atomic_path(path) as tmp:
-            tmp.write_text(content)
+    kept = history / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    for path in filter(None, (kept, json_path)):
+        write_result(path, content)
     if csv_path is not None:
-        with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            stat_fields = [f.name for f in dataclasses.fields(LatencyStats)]
-            writer.writerow(
-                ["model", "precision", "engine", "provider", *stat_fields, "speedup_vs_eager"]
-            )
-            for r in report.rows:
-                values = [getattr(r.stats, f) for f in stat_fields]
-                writer.writerow(
-                    [r.model, r.precision, r.engine, r.provider, *values, r.speedup_vs_eager]
-                )
+        write_result(csv_path, _csv_text(report))
     return kept
+
+
+def _csv_text(report: BenchReport) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    stat_fields = [f.name for f in dataclasses.fields(LatencyStats)]
+    writer.writerow(["model", "precision", "engine", "provider", *stat_fields, "speedup_vs_eager"])
+    for r in report.rows:
+        values = [getattr(r.stats, f) for f in stat_fields]
+        writer.writerow([r.model, r.precision, r.engine, r.provider, *values, r.speedup_vs_eager])
+    return text.getvalue()
+
+
+def load_baseline(path: Path) -> Baseline:
+    """The median latency of every row of an earlier ``rtk bench`` JSON report (``--json`` or
+    ``--json-out``, or one kept under ``runs/bench/``)."""
+    fix = "pass a report written by `rtk bench --json-out PATH` (or kept in runs/bench/)"
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise BaselineError(f"baseline {path} does not exist; {fix}") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BaselineError(f"baseline {path} is not JSON ({type(exc).__name__}); {fix}") from exc
+    try:
+        p50_ms = {
+            (r["model"], r["precision"], r["engine"], r["provider"], int(r["stats"]["batch"])): (
+                float(r["stats"]["p50_ms"])
+            )
+            for r in content["rows"]
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BaselineError(
+            f"baseline {path} is not an rtk bench report (no rows with model, precision, "
+            f"engine, provider and latency statistics); {fix}"
+        ) from exc
+    if not p50_ms or not all(math.isfinite(v) and v > 0 for v in p50_ms.values()):
+        raise BaselineError(f"baseline {path} holds no positive, finite latencies; {fix}")
+    return Baseline(path=path, p50_ms=p50_ms)
+
+
+def latency_regressions(
+    report: BenchReport, baseline: Baseline, *, max_regression_pct: float
+) -> list[Regression]:
+    """Rows whose median latency grew by more than ``max_regression_pct`` percent over the
+    same row (model, precision, engine, provider, batch) of the baseline. The median, not the
+    mean: one descheduled call on a shared CI machine should not fail the gate."""
+    matched = [
+        (r, baseline.p50_ms[_row_key(r)]) for r in report.rows if _row_key(r) in baseline.p50_ms
+    ]
+    if not matched:
+        raise BaselineError(
+            f"baseline {baseline.path} has no row for the models, precisions, providers and "
+            "batch sizes benched now; bench the same ones as the baseline"
+        )
+    return [
+        Regression(*_row_key(row), old_p50_ms=old, new_p50_ms=row.stats.p50_ms)
+        for row, old in matched
+        if row.stats.p50_ms > old * (1 + max_regression_pct / 100)
+    ]

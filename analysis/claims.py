@@ -158,7 +158,7 @@ def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any
     return Verdict(claim, verdict, evidence)
 
 
-def memory_verdict(results: list[TrainStepResult]) -> Verdict:
+def memory_claim(results: list[TrainStepResult]) -> Verdict:
     """Claim (i): the memory overhead of skip connections is modest."""
     claim = "5(i). the memory overhead of skip connections is modest"
     by_arch = {r.arch: r for r in results}
@@ -175,7 +175,7 @@ def memory_verdict(results: list[TrainStepResult]) -> Verdict:
     return Verdict(claim, verdict, evidence)
 
 
-def latency_verdict(rows: list[BenchRow], provider: str) -> Verdict:
+def latency_claim(rows: list[BenchRow], provider: str) -> Verdict:
     """Claim (iii): inference latency is similar across the four models at 32x32."""
     claim = "5(iii). inference latency is similar across the models for 32x32 inputs"
     paper = set(architecture_names())

@@ -141,25 +141,25 @@ def bench_onnx(
     io_binding: bool = False,
 ) -> tuple[LatencyStats, SessionInfo]:
     session, info = create_session(target.onnx_path, provider, threads=threads)
-    name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *target.input_shape)).astype(np.float32)
     if io_binding and provider != "cpu":
         import onnxruntime as ort
 
         # Inputs and outputs stay on the GPU: the clock sees compute, not PCIe copies.
-        binding = session.io_binding()  # type: ignore[attr-defined]
+        binding = session.io_binding()
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        for output in session.get_outputs():  # type: ignore[attr-defined]
+        for output in session.get_outputs():
             binding.bind_output(output.name, "cuda")
 
         def call() -> object:
-            return session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+            return session.run_with_iobinding(binding)
 
         sync = binding.synchronize_outputs
     else:
 
         def call() -> object:
-            return session.run(None, {name: x})  # type: ignore[attr-defined]
+            return session.run(None, {name: x})
 
         def sync() -> None:
             return None

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
+from exporters import metadata
 from exporters.errors import MetadataError
 from toolkit.data import Dataset, normalize
 from toolkit.errors import RtkError
+from toolkit.models import batched_logits
 
 
 class SourceError(RtkError):
@@ -76,12 +77,12 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
         if not source.is_file():
             raise SourceError(f"model {source} does not exist")
         session, _ = create_session(source, "cpu")
-        props = dict(session.get_modelmeta().custom_metadata_map)  # type: ignore[attr-defined]
-        if "rtk.classes" not in props:
+        props = dict(session.get_modelmeta().custom_metadata_map)
+        if metadata.CLASSES not in props:
             raise MetadataError(
-                f"{source} carries no class names (rtk.classes); export it with `rtk export`"
+                f"{source} carries no class names ({metadata.CLASSES}); export it with `rtk export`"
             )
-        classes = json.loads(props["rtk.classes"])
+        classes = json.loads(props[metadata.CLASSES])
         _check_classes(classes, dataset, source)
         logits = run_onnx(session, normalize(images), batch_size)
         predicted = logits.argmax(1)
@@ -107,14 +108,9 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
         if stored is not None:
             predicted = np.asarray(stored)
         else:
-            model = model_from_checkpoint(payload).eval()
-            with torch.inference_mode():
-                predicted = torch.cat(
-                    [
-                        model(normalize(images[i : i + batch_size])).argmax(1)
-                        for i in range(0, len(images), batch_size)
-                    ]
-                ).numpy()
+            model = model_from_checkpoint(payload)
+            inputs = (normalize(batch) for batch in images.split(batch_size))
+            predicted = batched_logits(model, inputs).argmax(1).numpy()
         engine = "pytorch"
     return Predictions(
         source=source,

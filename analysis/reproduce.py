@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.bench import BenchReport, resolve_targets, run_bench
+from analysis.bench import BenchReport, BenchSettings, resolve_targets, run_bench
 from analysis.claims import (
     Verdict,
     ablation_claim,
@@ -18,7 +18,7 @@ from analysis.claims import (
     convergence_claim,
     epochs_claim,
     gradient_claim,
-    memory_verdict,
+    memory_claim,
 )
 from analysis.gradients import GradientProfile, profile_source
 from analysis.metrics import class_report, confusion, predict_test
@@ -198,11 +198,10 @@ def reproduce(
     with_runs = resolve_targets([str(r) for r in runs.values()], runs=out, workdir=out,
                                 input_shape=None)[0]  # fmt: skip
     fp32 = [t for t in with_runs if t.precision == "fp32"]
-    bench = run_bench(
-        fp32, provider="cpu", batch_sizes=list(budget.bench_batches), warmup=3, iters=None,
-        seconds=budget.bench_seconds, threads=None, io_binding=False, compare_torch=True,
-        channels_last=False, notes=[],
-    )  # fmt: skip
+    settings = BenchSettings(
+        provider="cpu", batch_sizes=budget.bench_batches, warmup=3, seconds=budget.bench_seconds
+    )
+    bench = run_bench(fp32, settings=settings, notes=[])
     memory_archs = [a for a in ("resnet18", "resnet18-noskip") if a in runs]
     steps = [bench_train_step(a, batch=budget.train_bench_batch) for a in memory_archs]
     say("benchmarks: inference latency and training memory")
@@ -212,7 +211,7 @@ def reproduce(
         convergence_claim(histories),
         gradient_claim(profiles["best"]),
         ablation_claim(table, profiles["best"]),
-        memory_verdict(steps),
+        memory_claim(steps),
         epochs_claim(table, histories),
         *bench.verdicts,
     ]

@@ -18,7 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from analysis.bench import resolve_targets, run_bench
+from analysis.bench import BenchSettings, resolve_targets, run_bench
 from exporters.convert import export_onnx
 from toolkit.data import load_dataset
 from toolkit.models import architecture_names
@@ -44,16 +44,12 @@ def main() -> None:
         )
         int8 = [t for t in resolve_targets([str(run)], runs=work, workdir=work, input_shape=None)[0]
                 if t.precision == "int8"]  # fmt: skip
-        fp32 = run_bench(
-            targets, provider="cpu", batch_sizes=[1, 8, 64, 256], warmup=5, iters=None,
-            seconds=args.seconds, threads=None, io_binding=False, compare_torch=True,
-            channels_last=False, notes=notes,
-        )  # fmt: skip
-        quantized = run_bench(
-            int8, provider="cpu", batch_sizes=[64, 256], warmup=5, iters=None,
-            seconds=args.seconds, threads=None, io_binding=False, compare_torch=False,
-            channels_last=False, notes=[],
-        )  # fmt: skip
+        timing = BenchSettings(
+            provider="cpu", batch_sizes=(1, 8, 64, 256), warmup=5, seconds=args.seconds
+        )
+        fp32 = run_bench(targets, settings=timing, notes=notes)
+        int8_timing = dataclasses.replace(timing, batch_sizes=(64, 256), compare_torch=False)
+        quantized = run_bench(int8, settings=int8_timing, notes=[])
 
     ort = {(r.model, r.stats.batch): r for r in fp32.rows if r.engine == "onnxruntime"}
     print(f"machine: {fp32.machine.cpu}, torch threads {fp32.machine.torch_threads}, "

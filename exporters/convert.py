@@ -1,7 +1,8 @@
 """Checkpoint -> ONNX: the model in eval mode, a dynamic batch, metadata, and no half-files.
 
-Every file is validated before it is given its name (``exporters.validate``); a file that
-fails validation is deleted, so an ``.onnx`` file under its final name is always a checked one.
+Every file is validated before it is given its name (``exporters.validate``), and the files of
+one export replace the previous ones together, only once all of them pass: an ``.onnx`` file
+under its final name is always a checked one, and a failed export loses no earlier model.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from typing import Any, Literal
 import onnx
 import torch
 
+from exporters import metadata
 from exporters.errors import ExportError
 from exporters.opset import MIN_OPSET, opset_support
 from exporters.quantize import to_fp16, to_int8
-from exporters.validate import ParityReport, validate_export
+from exporters.validate import ParityReport, parity_inputs, validate_export
 from toolkit import __version__
 from toolkit.data import Dataset, Split
-from toolkit.fileio import atomic_path
+from toolkit.fileio import atomic_paths, remove_leftover_temps
 from toolkit.training import load_checkpoint, model_from_checkpoint
 
 Precision = Literal["fp32", "fp16", "int8"]
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,16 @@ def _metadata(payload: dict[str, Any], checkpoint: Path, precision: Precision) -
     """What a reader needs to use the file alone, as ONNX metadata_props (strings)."""
     metrics = payload.get("metrics") or {}
     return {
-        "rtk.arch": payload["arch"],
-        "rtk.classes": json.dumps(payload["classes"]),
-        "rtk.normalization": json.dumps(payload["normalization"]),
-        "rtk.input_size": json.dumps(payload["input_size"]),
-        "rtk.precision": precision,
-        "rtk.val_acc": json.dumps(metrics.get("val_acc")),
-        "rtk.test_acc": json.dumps(_test_acc(checkpoint)),
-        "rtk.checkpoint_sha256": file_sha256(checkpoint),
-        "rtk.checkpoint_epoch": str(payload.get("epoch")),
-        "rtk.version": __version__,
+        metadata.ARCH: payload["arch"],
+        metadata.CLASSES: json.dumps(payload["classes"]),
+        metadata.NORMALIZATION: json.dumps(payload["normalization"]),
+        metadata.INPUT_SIZE: json.dumps(payload["input_size"]),
+        metadata.PRECISION: precision,
+        metadata.VAL_ACC: json.dumps(metrics.get("val_acc")),
+        metadata.TEST_ACC: json.dumps(_test_acc(checkpoint)),
+        metadata.CHECKPOINT_SHA256: file_sha256(checkpoint),
+        metadata.CHECKPOINT_EPOCH: str(payload.get("epoch")),
+        metadata.VERSION: __version__,
     }
 
 
@@ -83,14 +85,14 @@ def _test_acc(checkpoint: Path) -> float | None:
 
 
 def to_onnx_proto(model: torch.nn.Module, opset: int) -> onnx.ModelProto:
-    """The eval-mode graph with a dynamic batch: input ``input``, output ``logits``."""
+    """The eval-mode graph with a dynamic batch, named as ``exporters.metadata`` says."""
     batch = torch.export.Dim("batch", min=1, max=65_536)
     try:
         program = torch.onnx.export(
             model,
             (torch.zeros(2, 3, 32, 32),),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=[metadata.INPUT_NAME],
+            output_names=[metadata.OUTPUT_NAME],
             dynamic_shapes={"x": {0: batch}},
             opset_version=opset,
             dynamo=True,
@@ -116,7 +118,7 @@ def simplify_proto(model: onnx.ModelProto) -> onnx.ModelProto:
 def export_onnx(
     target: Path,
     *,
-    dataset: Dataset,
+    dataset: Dataset | None,
     out_dir: Path | None = None,
     opset: int | None = None,
     simplify: bool = True,
@@ -129,8 +131,16 @@ def export_onnx(
     on request fp16 and int8 copies checked against it.
 
     Files go beside the checkpoint as ``model[.fp16|.int8].onnx``, or into ``out_dir`` named
-    after the run directory.
+    after the run directory. They replace the previous export only once every new file has
+    passed; copies of a precision not made this time are removed then, since they no longer
+    match the new fp32 file. Without a dataset (fresh weights, as ``rtk bench ARCH`` uses),
+    parity runs on seeded noise and only fp32 can be made.
     """
+    if dataset is None and (fp16 or int8):
+        raise ExportError(
+            "FP16 and INT8 copies are judged by their accuracy on real test images: "
+            "give the dataset (--data)"
+        )
     checkpoint = checkpoint_of(target)
     payload = load_checkpoint(checkpoint)
     support = opset_support()
@@ -142,40 +152,47 @@ def export_onnx(
         )
     stem = checkpoint.parent.name if out_dir is not None else "model"
     folder = out_dir if out_dir is not None else checkpoint.parent
+    paths = {
+        p: folder / (f"{stem}.onnx" if p == "fp32" else f"{stem}.{p}.onnx") for p in PRECISIONS
+    }
+    for path in paths.values():  # half-files of an export that was killed
+        remove_leftover_temps(path)
     model = model_from_checkpoint(payload).eval()
     proto = to_onnx_proto(model, opset)
     if simplify:
         proto = simplify_proto(proto)
     onnx.helper.set_model_props(proto, _metadata(payload, checkpoint, "fp32"))
-
-    results = []
-    fp32_path = folder / f"{stem}.onnx"
-    for precision in ("fp16", "int8"):  # copies of an older export would no longer match it
-        (folder / f"{stem}.{precision}.onnx").unlink(missing_ok=True)
-    with atomic_path(fp32_path) as tmp:
-        onnx.save(proto, tmp)
-        fp32_report = validate_export(
-            tmp, model, dataset, precision="fp32", images=parity_images,
-            reference_acc=None, label=fp32_path.name,
-        )  # fmt: skip
-    results.append(_result(fp32_path, checkpoint, payload, "fp32", opset, simplify, fp32_report))
-    variants: list[tuple[Precision, Callable[[Path, Path], None]]] = []
+    inputs = parity_inputs(dataset, parity_images, payload["input_size"])
+    copies: dict[Precision, Callable[[Path, Path], None]] = {}
     if fp16:
-        variants.append(("fp16", to_fp16))
+        copies["fp16"] = to_fp16
     if int8:
-        variants.append(
-            ("int8", partial(to_int8, calibration=_calibration_images(dataset, calib_images)))
-        )
-    for precision, convert in variants:
-        path = folder / f"{stem}.{precision}.onnx"
-        with atomic_path(path) as tmp:
-            convert(fp32_path, tmp)
-            report = validate_export(
-                tmp, model, dataset, precision=precision, images=parity_images,
-                reference_acc=fp32_report.acc_onnx, label=path.name,
-            )  # fmt: skip
-        results.append(_result(path, checkpoint, payload, precision, opset, simplify, report))
-    return results
+        assert dataset is not None  # refused above
+        copies["int8"] = partial(to_int8, calibration=_calibration_images(dataset, calib_images))
+    made: list[Precision] = ["fp32", *copies]
+
+    reports: dict[Precision, ParityReport] = {}
+    try:
+        with atomic_paths([paths[p] for p in made]) as tmps:
+            staged = dict(zip(made, tmps, strict=True))
+            onnx.save(proto, staged["fp32"])
+            for precision in made:
+                if precision != "fp32":
+                    copies[precision](staged["fp32"], staged[precision])
+                reports[precision] = validate_export(
+                    staged[precision], model, inputs, precision=precision,
+                    reference_acc=reports["fp32"].acc_onnx if reports else None,
+                    label=paths[precision].name,
+                )  # fmt: skip
+    except OSError as exc:  # a full disk or a read-only folder, while writing
+        raise ExportError(
+            f"cannot write the ONNX files in {folder} ({exc.strerror or exc}); the files "
+            "there are as they were: free disk space or export elsewhere (--out)"
+        ) from exc
+    for precision in PRECISIONS:
+        if precision not in made:
+            paths[precision].unlink(missing_ok=True)
+    return [_result(paths[p], checkpoint, payload, p, opset, simplify, reports[p]) for p in made]
 
 
 def _result(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from exporters import metadata
 from exporters.errors import ExportError, MetadataError
 from exporters.runtime import Provider, create_session
 
@@ -46,8 +47,8 @@ def read_meta(
     std: list[float] | None = None,
 ) -> ModelMeta:
     """The model's own metadata, with the caller's overrides; a clear error when neither."""
-    norm = json.loads(props["rtk.normalization"]) if "rtk.normalization" in props else {}
-    meta_classes = json.loads(props["rtk.classes"]) if "rtk.classes" in props else None
+    norm = json.loads(props[metadata.NORMALIZATION]) if metadata.NORMALIZATION in props else {}
+    meta_classes = json.loads(props[metadata.CLASSES]) if metadata.CLASSES in props else None
     chosen_classes = classes or meta_classes
     chosen_mean = mean or norm.get("mean")
     chosen_std = std or norm.get("std")
@@ -72,14 +73,14 @@ def read_meta(
         )
     size = [d if isinstance(d, int) else None for d in input_shape[1:]]
     if len(size) != 3 or any(d is None for d in size):
-        size = json.loads(props.get("rtk.input_size", "[3, 32, 32]"))
+        size = json.loads(props.get(metadata.INPUT_SIZE, "[3, 32, 32]"))
     return ModelMeta(
-        arch=props.get("rtk.arch"),
+        arch=props.get(metadata.ARCH),
         classes=list(chosen_classes),
         mean=[float(v) for v in chosen_mean],
         std=[float(v) for v in chosen_std],
         input_size=[int(d) for d in size],  # type: ignore[arg-type]
-        precision=props.get("rtk.precision"),
+        precision=props.get(metadata.PRECISION),
     )
 
 
@@ -112,8 +113,8 @@ def predict(
     if not model.is_file():
         raise ExportError(f"model {model} does not exist")
     session, _ = create_session(model, provider)
-    props = dict(session.get_modelmeta().custom_metadata_map)  # type: ignore[attr-defined]
-    inputs = session.get_inputs()  # type: ignore[attr-defined]
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    inputs = session.get_inputs()
     meta = read_meta(props, list(inputs[0].shape), classes=classes, mean=mean, std=std)
     channels, height, width = meta.input_size
     if channels != 3:
@@ -123,7 +124,7 @@ def predict(
     loaded = [_load_image(path, (width, height)) for path in images]
     batch = np.stack([(pixels - mean_a) / std_a for pixels, _, _ in loaded]).transpose(0, 3, 1, 2)
     try:
-        logits = session.run(None, {inputs[0].name: np.ascontiguousarray(batch)})[0]  # type: ignore[attr-defined]
+        logits = session.run(None, {inputs[0].name: np.ascontiguousarray(batch)})[0]
     except Exception as exc:  # ORT's InvalidArgument for a shape the model does not take
         first = str(exc).strip().splitlines()[0]
         raise ExportError(f"{model} cannot take these images: {first}") from exc

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from exporters import metadata
 from toolkit.data import Split, normalize
 
 CALIB_BATCH = 32
@@ -29,7 +30,7 @@ def to_fp16(src: Path, dst: Path) -> None:
     # ONNX checker rejects as unsorted; onnxslim sorts the graph (and folds what it can).
     half = onnxslim.slim(convert_float_to_float16(model, keep_io_types=True))
     del half.metadata_props[:]
-    onnx.helper.set_model_props(half, {**props, "rtk.precision": "fp16"})
+    onnx.helper.set_model_props(half, {**props, metadata.PRECISION: "fp16"})
     onnx.save(half, str(dst))
 
 
@@ -49,7 +50,7 @@ def to_int8(src: Path, dst: Path, calibration: Split) -> None:
 
         def get_next(self) -> dict[str, object] | None:
             batch = next(self.batches, None)
-            return None if batch is None else {"input": batch.numpy()}
+            return None if batch is None else {metadata.INPUT_NAME: batch.numpy()}
 
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
@@ -70,5 +71,5 @@ def to_int8(src: Path, dst: Path, calibration: Split) -> None:
     model = onnx.load(str(dst))
     props = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, {**props, "rtk.precision": "int8"})
+    onnx.helper.set_model_props(model, {**props, metadata.PRECISION: "int8"})
     onnx.save(model, str(dst))

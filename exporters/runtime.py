@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from toolkit.errors import RtkError
+
+if TYPE_CHECKING:  # onnxruntime loads in a second or so: only where a session is made
+    from onnxruntime import InferenceSession
 
 Provider = Literal["cpu", "cuda", "tensorrt"]
 PROVIDERS: dict[str, str] = {
@@ -88,7 +91,7 @@ def create_session(
     provider: Provider = "cpu",
     *,
     threads: int | None = None,
-) -> tuple[object, SessionInfo]:
+) -> tuple[InferenceSession, SessionInfo]:
     """An ``InferenceSession`` that runs on ``provider`` or raises; never a silent fallback."""
     import onnxruntime as ort
 

@@ -1,5 +1,6 @@
 """Validation after every export: the ONNX checker, an ONNX Runtime session, a dynamic batch
-that really works, then parity with PyTorch on real test images.
+that really works, then parity with PyTorch on real test images (or, for a model whose
+weights were never trained, on seeded noise).
 
 Like optimum's validator, it collects every failure and raises one ``ExportError``.
 """
@@ -8,18 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import torch
 
 from exporters.errors import ExportError
+from exporters.metadata import INPUT_NAME
 from exporters.runtime import create_session
-from toolkit.data import Dataset, Split, normalize
+from toolkit.data import Dataset, normalize
+from toolkit.models import batched_logits
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 FP32_TOLERANCE = 1e-4  # max |logit difference| allowed between PyTorch and ONNX Runtime, fp32
 MAX_ACC_DROP = 0.01  # FP16 and INT8 may lose at most one point of accuracy against fp32
 ODD_BATCH = 37  # a batch size no exporter would guess, to prove the batch is dynamic
+BATCH = 250  # images per forward pass, in PyTorch and ONNX Runtime alike
 
 
 @dataclass(frozen=True)
@@ -29,22 +37,37 @@ class ParityReport:
     max_abs_diff: float  # against PyTorch fp32 logits
     tolerance: float | None  # enforced for fp32 only
     agreement: float  # top-1 agreement with PyTorch fp32
-    acc_torch: float  # PyTorch fp32 accuracy on the same images
-    acc_onnx: float
+    acc_torch: float | None  # PyTorch fp32 accuracy on the same images; None on noise
+    acc_onnx: float | None
 
 
-def parity_images(dataset: Dataset, count: int) -> Split:
-    """``count`` test images spread evenly over the test split (which is sorted by class)."""
+@dataclass(frozen=True)
+class ParityInputs:
+    """What every file of one export is checked on: normalised inputs, labels where real."""
+
+    images: torch.Tensor  # float32 (N, C, H, W), normalised
+    labels: torch.Tensor | None  # None for noise: there is no accuracy to report
+
+
+def parity_inputs(dataset: Dataset | None, count: int, input_size: list[int]) -> ParityInputs:
+    """``count`` test images spread evenly over the test split (which is sorted by class);
+    without a dataset, seeded noise over the whole input range, which checks the graph as
+    well for weights that were never trained."""
+    if dataset is None:
+        generator = torch.Generator().manual_seed(0)
+        return ParityInputs(normalize(torch.rand((count, *input_size), generator=generator)), None)
     count = max(1, min(count, len(dataset.test)))
     index = torch.linspace(0, len(dataset.test) - 1, count).round().long()
-    return dataset.test.subset(index)
+    split = dataset.test.subset(index)
+    return ParityInputs(normalize(split.images), split.labels)
 
 
-def run_onnx(session: object, images: torch.Tensor, batch_size: int = 250) -> np.ndarray:
+def run_onnx(
+    session: InferenceSession, images: torch.Tensor, batch_size: int = BATCH
+) -> np.ndarray:
     """Logits for float32 (N, 3, 32, 32) inputs, in batches."""
     outputs = [
-        session.run(None, {"input": images[i : i + batch_size].numpy()})[0]  # type: ignore[attr-defined]
-        for i in range(0, len(images), batch_size)
+        session.run(None, {INPUT_NAME: batch.numpy()})[0] for batch in images.split(batch_size)
     ]
     return np.concatenate(outputs).astype(np.float32)
 
@@ -52,10 +75,9 @@ def run_onnx(session: object, images: torch.Tensor, batch_size: int = 250) -> np
 def validate_export(
     path: Path,
     model: torch.nn.Module,
-    dataset: Dataset,
+    inputs: ParityInputs,
     *,
     precision: str,
-    images: int,
     reference_acc: float | None,
     label: str,
 ) -> ParityReport:
@@ -67,26 +89,23 @@ def validate_export(
     session, _ = create_session(path, "cpu")
     failures: list[str] = []
 
-    split = parity_images(dataset, images)
-    inputs = normalize(split.images)
+    images = inputs.images
     for size in (1, ODD_BATCH):
-        batch = inputs[torch.arange(size) % len(inputs)]  # repeated when there are fewer images
+        batch = images[torch.arange(size) % len(images)]  # repeated when there are fewer images
         shape = run_onnx(session, batch).shape
         if shape != (size, 10):
             failures.append(f"batch {size} gives logits of shape {shape}")
-    with torch.inference_mode():
-        expected = torch.cat([model(inputs[i : i + 250]) for i in range(0, len(inputs), 250)])
-    expected_np = expected.numpy()
-    got = run_onnx(session, inputs)
-    labels = split.labels.numpy()
+    expected = batched_logits(model, images.split(BATCH)).numpy()
+    got = run_onnx(session, images)
+    labels = inputs.labels.numpy() if inputs.labels is not None else None
     report = ParityReport(
         precision=precision,
-        images=len(labels),
-        max_abs_diff=float(np.abs(got - expected_np).max()),
+        images=len(images),
+        max_abs_diff=float(np.abs(got - expected).max()),
         tolerance=FP32_TOLERANCE if precision == "fp32" else None,
-        agreement=float((got.argmax(1) == expected_np.argmax(1)).mean()),
-        acc_torch=float((expected_np.argmax(1) == labels).mean()),
-        acc_onnx=float((got.argmax(1) == labels).mean()),
+        agreement=float((got.argmax(1) == expected.argmax(1)).mean()),
+        acc_torch=float((expected.argmax(1) == labels).mean()) if labels is not None else None,
+        acc_onnx=float((got.argmax(1) == labels).mean()) if labels is not None else None,
     )
     if precision == "fp32":
         if not np.isfinite(report.max_abs_diff) or report.max_abs_diff > FP32_TOLERANCE:

@@ -1,12 +1,20 @@
-"""Serve an ONNX graph in netron, on localhost unless told otherwise."""
+"""Serve an ONNX graph in netron, on localhost unless told otherwise.
+
+netron serves every file in the model's folder (``/data/<name>``), and a run folder holds the
+checkpoints and the training config. Beyond loopback, the model is therefore served from a
+copy in a private temporary folder of its own.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +27,8 @@ class Served:
     host: str
     port: int
     browser_opened: bool
+    exposed: bool  # bound beyond loopback: whoever reaches the port can read the graph
+    private_copy: Path | None  # the folder served instead of the model's own; stop() removes it
 
 
 def has_display() -> bool:
@@ -34,22 +44,46 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``; a name other than localhost may resolve
+    to any interface, so it counts as exposed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(model: Path, *, host: str = "127.0.0.1", port: int | None = None, browse: bool) -> Served:
-    """Start netron's server in the background (``netron.wait()`` blocks until Ctrl-C)."""
+    """Start netron's server in the background (``netron.wait()`` blocks until Ctrl-C); call
+    ``stop`` afterwards."""
     import netron
 
     if not model.is_file():
         raise ExportError(f"model {model} does not exist")
     if port is not None and not 1 <= port <= 65535:
         raise ExportError(f"--port must be between 1 and 65535, got {port}")
-    port = port or free_port(host)
+    exposed = not is_loopback(host)
+    # mkdtemp makes the folder 0700: other local users cannot read or swap the copy.
+    private_copy = Path(tempfile.mkdtemp(prefix="rtk-view-")) if exposed else None
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # netron prints; only the CLI may
-            address = netron.serve(str(model), None, (host, port), False)
-    except OSError as exc:
-        raise ExportError(f"netron cannot listen on {host}:{port} ({exc.strerror})") from exc
-    if address is None:
-        raise ExportError(f"netron did not start on {host}:{port}; try another --port")
+        served_file = model
+        if private_copy is not None:
+            served_file = private_copy / model.name
+            shutil.copyfile(model, served_file)
+        port = port or free_port(host)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # netron prints; only the CLI may
+                address = netron.serve(str(served_file), None, (host, port), False)
+        except OSError as exc:
+            raise ExportError(f"netron cannot listen on {host}:{port} ({exc.strerror})") from exc
+        if address is None:
+            raise ExportError(f"netron did not start on {host}:{port}; try another --port")
+    except BaseException:
+        if private_copy is not None:
+            shutil.rmtree(private_copy, ignore_errors=True)
+        raise
     bound_host, bound_port = address
     url = f"http://{bound_host}:{bound_port}"
     opened = False
@@ -57,4 +91,20 @@ def serve(model: Path, *, host: str = "127.0.0.1", port: int | None = None, brow
         import webbrowser
 
         opened = webbrowser.open(url)
-    return Served(url=url, host=bound_host, port=bound_port, browser_opened=opened)
+    return Served(
+        url=url,
+        host=bound_host,
+        port=bound_port,
+        browser_opened=opened,
+        exposed=exposed,
+        private_copy=private_copy,
+    )
+
+
+def stop(served: Served) -> None:
+    """Stop netron's server and remove the private copy, if one was made."""
+    import netron
+
+    netron.stop((served.host, served.port))
+    if served.private_copy is not None:
+        shutil.rmtree(served.private_copy, ignore_errors=True)

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -22,8 +25,8 @@ from exporters.errors import ExportError, MetadataError
 from exporters.opset import opset_support
 from exporters.predict import predict
 from exporters.runtime import ProviderUnavailableError, create_session
-from exporters.view import free_port, serve
-from tests.conftest import CLASSES, default_sigint
+from exporters.view import free_port, serve, stop
+from tests.conftest import CLASSES, TinyData, default_sigint, write_imagefolder
 from toolkit.cli import app
 from toolkit.data import Dataset, load_dataset
 from toolkit.models import architecture_names
@@ -106,7 +109,96 @@ def test_failed_validation_leaves_no_file(
     with pytest.raises(ExportError, match=r"model.int8.onnx failed validation: INT8 accuracy"):
         export_onnx(run, dataset=dataset, int8=True, calib_images=32, parity_images=PARITY)
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["best.pt", "metrics.json", "model.onnx"]  # fp32 passed; nothing else
+    assert names == ["best.pt", "metrics.json"]  # one export's files come together or not at all
+
+
+@pytest.fixture(scope="module")
+def previous_export(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
+    """A run folder holding a real, validated fp32 + FP16 + INT8 export (copy it to use it)."""
+    data = write_imagefolder(tmp_path_factory.mktemp("data"), tiny_data)
+    dataset = load_dataset(data, cache_dir=tmp_path_factory.mktemp("cache"))
+    run = write_checkpoint(tmp_path_factory.mktemp("previous") / "run", "baseline-cnn")
+    export_onnx(run, dataset=dataset, fp16=True, int8=True, calib_images=32, parity_images=PARITY)
+    return run
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_export_keeps_every_previous_file(
+    previous_export: Path, dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run = shutil.copytree(previous_export, tmp_path / "run")
+    before = _contents(run)
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx"} <= before.keys()
+    # The new fp32 file fails: the stale FP16/INT8 copies are not removed ahead of it.
+    with monkeypatch.context() as patch, pytest.raises(ExportError, match=r"model\.onnx fail"):
+        patch.setattr(validate, "FP32_TOLERANCE", -1.0)
+        export_onnx(run, dataset=dataset, parity_images=PARITY)
+    assert _contents(run) == before
+    # The new fp32 file passes, INT8 fails: neither replaces its predecessor.
+    with monkeypatch.context() as patch, pytest.raises(ExportError, match=r"int8\.onnx fail"):
+        patch.setattr(validate, "MAX_ACC_DROP", -1.0)
+        export_onnx(run, dataset=dataset, int8=True, calib_images=32, parity_images=PARITY)
+    assert _contents(run) == before
+    # A good fp32-only export replaces model.onnx and only then drops the copies it outdates.
+    export_onnx(run, dataset=dataset, parity_images=PARITY, simplify=False)
+    after = _contents(run)
+    assert sorted(after) == ["best.pt", "metrics.json", "model.onnx"]
+    assert after["model.onnx"] != before["model.onnx"]  # unsimplified: a different graph
+
+
+def test_a_full_disk_during_export_leaves_the_previous_files(
+    previous_export: Path, imagefolder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run = shutil.copytree(previous_export, tmp_path / "run")
+    before = _contents(run)
+    real_save = onnx.save
+
+    def save_until_the_disk_is_full(proto, path, *args, **kwargs):
+        if "int8" not in str(path):  # fp32 and FP16 are written, then the disk fills up
+            return real_save(proto, path, *args, **kwargs)
+        Path(path).write_bytes(b"half an ONNX file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(onnx, "save", save_until_the_disk_is_full)
+    result = run_cli(
+        "export", str(run), "--onnx", "--fp16", "--int8", "--calib-images", "32",
+        "--parity-images", str(PARITY), "--data", str(imagefolder),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    error = result.stderr.strip().splitlines()[-1]  # after the opset notice: one line, no trace
+    assert "Traceback" not in result.stderr and error.startswith("error: cannot write")
+    assert "No space left on device" in error and "as they were" in error
+    assert _contents(run) == before  # byte for byte, and no temporary file left behind
+
+
+def test_a_killed_exports_temporary_files_are_removed_next_time(dataset: Dataset, tmp_path: Path):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    for name in ("model.onnx", "model.int8.onnx"):  # a writer killed halfway through each
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED_WRITER, str(run / name)], capture_output=True
+        )
+        assert killed.returncode == -signal.SIGKILL
+    leftovers = sorted(p.name for p in run.glob(".*.tmp"))
+    assert len(leftovers) == 2 and leftovers[0].startswith(".model.int8.onnx.")
+    unrelated = run / ".best.pt.x1y2.tmp"  # another writer's: not the export's to remove
+    unrelated.write_bytes(b"")
+    export_onnx(run, dataset=dataset, parity_images=PARITY)
+    assert sorted(p.name for p in run.glob(".*.tmp")) == [unrelated.name]
+    onnx.checker.check_model(str(run / "model.onnx"), full_check=True)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from toolkit.fileio import atomic_path
+
+with atomic_path(Path(sys.argv[1])) as tmp:
+    tmp.write_bytes(b"half an ONNX file")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 def test_cuda_and_tensorrt_are_refused_here(dataset: Dataset, tmp_path: Path):
@@ -260,6 +352,50 @@ def test_netron_serves_the_model_over_http(dataset: Dataset, tmp_path: Path):
         assert data == result.onnx_path.read_bytes()
     finally:
         netron.stop((served.host, served.port))
+
+
+def test_view_beyond_loopback_serves_the_model_alone(dataset: Dataset, tmp_path: Path):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
+    (run / "config.json").write_text("{}")  # a run folder also holds its training config
+    served = serve(result.onnx_path, host="0.0.0.0", port=free_port("0.0.0.0"), browse=False)
+    try:
+        assert served.exposed and served.private_copy is not None
+        assert served.private_copy.stat().st_mode & 0o777 == 0o700  # a private folder
+        data = f"http://127.0.0.1:{served.port}/data/"
+        assert urllib.request.urlopen(data + "model.onnx", timeout=10).read() == (
+            result.onnx_path.read_bytes()
+        )
+        for neighbour in ("best.pt", "metrics.json", "config.json"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(data + neighbour, timeout=10)
+            assert refused.value.code == 404, neighbour
+    finally:
+        stop(served)
+    assert not served.private_copy.exists()  # removed when the server stops
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "config.json", "metrics.json", "model.onnx",
+    ]  # fmt: skip
+
+
+def test_view_beyond_loopback_warns_that_the_network_sees_the_graph(tmp_path: Path):
+    model = _bare_model(tmp_path / "m.onnx")
+    port = free_port("0.0.0.0")
+    view = subprocess.Popen(
+        [str(Path(sys.executable).with_name("rtk")), "view", str(model), "--host", "0.0.0.0",
+         "--port", str(port), "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+    )  # fmt: skip
+    try:
+        assert "netron serves" in view.stdout.readline()  # printed last before it waits
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=10).read()
+        assert b"netron" in page.lower()
+    finally:
+        view.send_signal(signal.SIGINT)
+        code = view.wait(timeout=10)
+    stderr = view.stderr.read()
+    assert code == 0, stderr
+    assert "warning: 0.0.0.0 is not loopback" in stderr and "see and download" in stderr
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

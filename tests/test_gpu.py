@@ -37,15 +37,15 @@ def test_loader_keeps_batches_on_the_device(imagefolder: Path):
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_gpu_bench_runs_on_the_asked_provider(tmp_path: Path, provider: str):
-    from analysis.bench import resolve_targets, run_bench
+    from analysis.bench import BenchSettings, resolve_targets, run_bench
 
     targets, _ = resolve_targets(
         ["baseline-cnn"], runs=tmp_path, workdir=tmp_path, input_shape=None
     )
-    report = run_bench(
-        targets, provider=provider, batch_sizes=[8], warmup=2, iters=3, seconds=None,
-        threads=None, io_binding=True, compare_torch=True, channels_last=False, notes=[],
-    )  # fmt: skip
+    settings = BenchSettings(
+        provider=provider, batch_sizes=(8,), warmup=2, iters=3, io_binding=True
+    )
+    report = run_bench(targets, settings=settings, notes=[])
     assert (
         report.running
         == {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[provider]

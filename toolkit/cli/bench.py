@@ -1,14 +1,41 @@
-"""``rtk bench``: inference latency and throughput, side by side; ``rtk bench train``."""
+"""``rtk bench``: inference latency and throughput, side by side (``rtk bench inference``, the
+default), and ``rtk bench train``, one training step per model."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
-from toolkit.cli.output import console, notice, to_json
+from toolkit.cli.output import console, err_console, notice, print_json, to_json
+
+if TYPE_CHECKING:
+    from analysis.bench import BenchReport
+
+
+class _InferenceByDefault(TyperGroup):
+    """``rtk bench [MODEL...]`` means ``rtk bench inference [MODEL...]``: the inference bench
+    is what people run; ``rtk bench train`` and ``--help`` keep their own meaning."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["inference", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_InferenceByDefault,
+    help="Inference latency (`rtk bench [MODEL...]` is `rtk bench inference`; see its --help) "
+    "and the cost of a training step (`rtk bench train`).",
+)
+
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of tables.")
+JsonOutOption = typer.Option(None, "--json-out", help="Also write the JSON report here.")
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -23,11 +50,11 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
-def bench(
+@app.command("inference")
+def inference(
     models: list[str] = typer.Argument(
         None,
-        help="ONNX files, run directories or architecture names [every exported run]; "
-        "`train ARCH...` benches training steps instead.",
+        help="ONNX files, run directories or architecture names [every exported run].",
         show_default=False,
     ),
     provider: str = typer.Option("cpu", help="cpu, cuda or tensorrt (verified, never faked)."),
@@ -41,44 +68,90 @@ def bench(
     channels_last: bool = typer.Option(False, help="PyTorch eager in channels_last."),
     input_shape: str | None = typer.Option(None, help="C,H,W for models with dynamic sizes."),
     runs: Path = typer.Option(Path("runs"), help="Where runs and bench history live."),
-    json_path: Path | None = typer.Option(None, "--json", help="Also write the report here."),
+    as_json: bool = JsonOption,
+    json_out: Path | None = JsonOutOption,
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the rows as CSV here."),
+    baseline: Path | None = typer.Option(
+        None, help="CI gate: an earlier run's JSON report to compare with (--max-regression)."
+    ),
+    max_regression: float | None = typer.Option(
+        None,
+        help="CI gate: exit 1 when a row's median latency is more than this many percent above "
+        "the same row of --baseline.",
+    ),
 ) -> None:
     """Benchmark inference with ONNX Runtime beside PyTorch eager, and judge claim (iii)."""
     from toolkit.errors import RtkError
 
     models = models or []
+    # `--json PATH` once took a path; the path now lands among the models.
+    reports = [m for m in models if m.endswith(".json")]
+    if reports:
+        raise RtkError(
+            f"{reports[0]} is not a model: --json prints the report on stdout; write it to a "
+            f"file with --json-out {reports[0]}"
+        )
     if (iters is not None and iters < 1) or (threads is not None and threads < 1):
         raise RtkError("--iters and --threads must be at least 1")
-    if warmup < 0 or seconds <= 0:
+    if warmup < 0 or not seconds > 0 or not math.isfinite(seconds):
         raise RtkError("--warmup must be 0 or more and --seconds positive")
-    if models[:1] == ["train"]:
-        sizes = _ints(batch_sizes, "--batch-sizes")
-        return _bench_train(
-            models[1:], batch=64 if len(sizes) > 1 else sizes[0], json_path=json_path
-        )
-    from analysis.bench import resolve_targets, run_bench, save_report
+    if (baseline is None) != (max_regression is None):
+        raise RtkError("the CI gate takes both --baseline OLD.json and --max-regression PCT")
+    if max_regression is not None and not 0 <= max_regression < math.inf:
+        raise RtkError(f"--max-regression is a percentage of 0 or more, got {max_regression}")
+    from analysis.bench import (
+        BenchSettings,
+        latency_regressions,
+        load_baseline,
+        resolve_targets,
+        run_bench,
+        save_report,
+    )
 
-    sizes = _ints(batch_sizes, "--batch-sizes")
+    # The baseline is checked before anything is timed: a typo should not cost a benchmark.
+    old = load_baseline(baseline) if baseline is not None else None
+    settings = BenchSettings(
+        provider=provider,  # type: ignore[arg-type]
+        batch_sizes=tuple(_ints(batch_sizes, "--batch-sizes")),
+        warmup=warmup,
+        iters=iters,
+        seconds=None if iters else seconds,
+        threads=threads,
+        io_binding=io_binding,
+        compare_torch=compare_torch,
+        channels_last=channels_last,
+    )
     shape = tuple(_ints(input_shape, "--input-shape")) if input_shape else None
     with tempfile.TemporaryDirectory() as workdir:
         targets, notes = resolve_targets(
             models, runs=runs, workdir=Path(workdir), input_shape=shape
         )
-        report = run_bench(
-            targets,
-            provider=provider,  # type: ignore[arg-type]
-            batch_sizes=sizes,
-            warmup=warmup,
-            iters=iters,
-            seconds=None if iters else seconds,
-            threads=threads,
-            io_binding=io_binding,
-            compare_torch=compare_torch,
-            channels_last=channels_last,
-            notes=notes,
+        report = run_bench(targets, settings=settings, notes=notes)
+    if as_json:
+        print_json(report)
+    else:
+        _print_report(report)
+    kept = save_report(report, json_path=json_out, csv_path=csv_path, history=runs / "bench")
+    notice(f"results appended to {kept}")
+    if old is None or max_regression is None:
+        return
+    regressions = latency_regressions(report, old, max_regression_pct=max_regression)
+    if regressions:
+        err_console.print(
+            f"[bold red]gate failed:[/] median latency grew more than {max_regression:g}% over "
+            f"{baseline}: "
+            + "; ".join(
+                f"{r.model} {r.precision} {r.engine} on {r.provider}, batch {r.batch}: "
+                f"{r.old_p50_ms:.3f} -> {r.new_p50_ms:.3f} ms (+{r.percent:.1f}%)"
+                for r in regressions
+            ),
+            soft_wrap=True,
         )
-    kept = save_report(report, json_path=json_path, csv_path=csv_path, history=runs / "bench")
+        raise typer.Exit(1)
+    notice(f"gate passed: no median latency grew more than {max_regression:g}% over {baseline}")
+
+
+def _print_report(report: BenchReport) -> None:
     m = report.machine
     console.print(
         f"ONNX Runtime {m.ort_version} on [bold]{report.running}[/] (asked: {report.provider}, "
@@ -121,29 +194,44 @@ def bench(
         console.print(f"[bold]{v.claim}[/]: {v.verdict} - {v.evidence}")
     for note in report.notes:
         notice(note)
-    notice(f"results appended to {kept}")
 
 
-def _bench_train(archs: list[str], *, batch: int, json_path: Path | None) -> None:
-    from analysis.claims import memory_verdict
+@app.command("train")
+def train(
+    archs: list[str] = typer.Argument(
+        None, help="Architecture names (all four when none is given).", show_default=False
+    ),
+    batch_size: int = typer.Option(64, help="Images per training step."),
+    as_json: bool = JsonOption,
+    json_out: Path | None = JsonOutOption,
+) -> None:
+    """One training step per model (Adam): images/s and activation memory; judges claim (i)."""
+    from analysis.bench import write_result
+    from analysis.claims import memory_claim
     from analysis.train_bench import bench_train_step
+    from toolkit.errors import RtkError
     from toolkit.models import architecture_names, get_architecture
     from toolkit.training import resolve_device
 
-    names = [get_architecture(a).name for a in archs] or architecture_names()
+    if batch_size < 1:
+        raise RtkError(f"--batch-size must be at least 1, got {batch_size}")
+    names = [get_architecture(a).name for a in archs or []] or architecture_names()
     device = resolve_device("auto")
-    results = [bench_train_step(name, batch=batch, device=device) for name in names]
-    table = Table(title=f"One training step (Adam), batch {batch}, {device}")
-    for column in ("model", "img/s", "step ms", "memory MiB"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for r in results:
-        table.add_row(r.arch, f"{r.images_per_s:,.1f}", f"{r.step_ms:.1f}", f"{r.memory_mb:.1f}")
-    console.print(table)
-    console.print(f"memory: {results[0].memory_method}")
-    verdict = memory_verdict(results)
-    console.print(f"[bold]{verdict.claim}[/]: {verdict.verdict} - {verdict.evidence}")
-    if json_path is not None:
-        from toolkit.fileio import atomic_path
-
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(to_json({"results": results, "verdicts": [verdict]}))
+    results = [bench_train_step(name, batch=batch_size, device=device) for name in names]
+    verdict = memory_claim(results)
+    content = to_json({"results": results, "verdicts": [verdict]})
+    if as_json:
+        print(content, end="")
+    else:
+        table = Table(title=f"One training step (Adam), batch {batch_size}, {device}")
+        for column in ("model", "img/s", "step ms", "memory MiB"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for r in results:
+            table.add_row(
+                r.arch, f"{r.images_per_s:,.1f}", f"{r.step_ms:.1f}", f"{r.memory_mb:.1f}"
+            )
+        console.print(table)
+        console.print(f"memory: {results[0].memory_method}")
+        console.print(f"[bold]{verdict.claim}[/]: {verdict.verdict} - {verdict.evidence}")
+    if json_out is not None:
+        write_result(json_out, content)

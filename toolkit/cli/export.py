@@ -145,20 +145,31 @@ def predict(
 
 def view(
     model: Path = typer.Argument(..., help="An ONNX file to show in netron."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default)."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Address to bind (localhost by default); beyond it, a copy of the model alone is "
+        "served.",
+    ),
     port: int | None = typer.Option(None, help="Port [a free one]."),
     browser: bool = typer.Option(True, help="Open a browser where there is a display."),
 ) -> None:
     """Serve the graph in netron and print its URL; Ctrl-C stops it."""
     import netron
 
-    from exporters.view import serve
+    from exporters.view import serve, stop
 
     served = serve(model, host=host, port=port, browse=browser)
-    console.print(f"netron serves {model} at [bold]{served.url}[/]  (Ctrl-C stops it)")
-    if browser and not served.browser_opened:
-        err_console.print("[dim]no display here: open the URL in a browser[/]")
     try:
+        if served.exposed:
+            err_console.print(
+                f"[yellow]warning:[/] {host} is not loopback: anyone who can reach port "
+                f"{served.port} can see and download this graph (a copy of {model.name} "
+                "alone, nothing else from its folder)",
+                soft_wrap=True,
+            )
+        if browser and not served.browser_opened:
+            err_console.print("[dim]no display here: open the URL in a browser[/]")
+        console.print(f"netron serves {model} at [bold]{served.url}[/]  (Ctrl-C stops it)")
         netron.wait()  # returns on Ctrl-C (netron stops its servers): a clean stop, exit 0
     finally:
-        netron.stop((served.host, served.port))
+        stop(served)

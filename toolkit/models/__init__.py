@@ -1,6 +1,7 @@
 """The paper's four architectures, built by name from one registry."""
 
 from toolkit.models.base import Classifier, WeightLayer, stage_of
+from toolkit.models.inference import autocast, batched_logits
 from toolkit.models.registry import (
     Architecture,
     architecture_names,
@@ -16,6 +17,8 @@ __all__ = [
     "WeightLayer",
     "architecture_names",
     "architectures",
+    "autocast",
+    "batched_logits",
     "build_model",
     "create_model",
     "get_architecture",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import resource
-from contextlib import nullcontext
-from typing import Any
 
 import torch
 
@@ -41,7 +39,3 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     with torch.cuda.device(device):
         native = torch.cuda.is_bf16_supported(including_emulation=False)
     return torch.bfloat16 if native else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

@@ -23,10 +23,11 @@ from torch import nn
 from toolkit.config import ConfigError, TrainConfig
 from toolkit.data import Augment, Dataset, TensorLoader
 from toolkit.errors import RtkError
-from toolkit.models import Classifier, WeightLayer, get_architecture
+from toolkit.models import Classifier, WeightLayer, batched_logits, get_architecture
+from toolkit.models.inference import autocast
 from toolkit.training import distributed
 from toolkit.training.checkpoint import describe_model
-from toolkit.training.device import amp_dtype, autocast, peak_memory_mb, resolve_device
+from toolkit.training.device import amp_dtype, peak_memory_mb, resolve_device
 from toolkit.training.records import EpochRecord, TrainResult
 from toolkit.training.rundir import RunDir
 
@@ -99,23 +100,19 @@ def evaluate(
 ) -> Evaluation:
     """Loss, accuracy and predictions over every batch of ``loader`` (in order); with
     ``flip_tta`` also the accuracy of flip test-time augmentation, from one more pass."""
-    was_training = model.training
-    model.eval()
     device = loader.images.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     correct_tta = torch.zeros((), dtype=torch.int64, device=device)
     predicted = []
     for images, labels in loader:
-        with autocast(images.device, amp_dtype):
-            logits = model(images).float()
-            if flip_tta:
-                mean_logits = (logits + model(images.flip(3)).float()) / 2
-                correct_tta += (mean_logits.argmax(1) == labels).sum()
+        logits = batched_logits(model, [images], amp_dtype=amp_dtype)
+        if flip_tta:
+            flipped = batched_logits(model, [images.flip(3)], amp_dtype=amp_dtype)
+            correct_tta += (((logits + flipped) / 2).argmax(1) == labels).sum()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         predicted.append(logits.argmax(1))
         correct += (predicted[-1] == labels).sum()
-    model.train(was_training)
     n = max(loader.num_images, 1)
     return Evaluation(
         loss=loss_sum.item() / n,
