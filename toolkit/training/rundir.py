@@ -26,7 +26,7 @@ import torchvision
 from toolkit import __version__
 from toolkit.config import ConfigError, TrainConfig
 from toolkit.errors import RtkError
-from toolkit.fileio import atomic_path
+from toolkit.fileio import TEMP_SUFFIX, atomic_path, remove_leftover_temps
 from toolkit.training.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.training.records import EpochRecord, TrainResult
 
@@ -177,9 +177,9 @@ class RunDir:
 
     def remove_leftovers(self) -> None:
         """Delete temporary files a killed writer left behind (never a finished file)."""
-        for path in self.path.iterdir():
-            if _leftover(path):
-                path.unlink(missing_ok=True)
+        for name in (*self._BEFORE_FIRST_CHECKPOINT, self.BEST, self.LAST, self.METRICS,
+                     self.PREDICTIONS):  # fmt: skip
+            remove_leftover_temps(self.path / name)
 
     # --- settings -------------------------------------------------------------------------
 
@@ -358,4 +358,4 @@ def resume_config(run_path: Path, *, epochs: int | None = None) -> TrainConfig:
 
 def _leftover(path: Path) -> bool:
     """A temporary file of ``atomic_path`` (``.NAME.RANDOM.tmp``)."""
-    return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()
