@@ -7,7 +7,13 @@ from toolkit.training.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from toolkit.training.config import RECIPES, ConfigError, TrainConfig, make_config
+from toolkit.training.config import (
+    RECIPES,
+    ConfigError,
+    TrainConfig,
+    check_dataset,
+    make_config,
+)
 from toolkit.training.engine import (
     EpochRecord,
     NonFiniteLossError,
@@ -34,6 +40,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingInterrupted",
+    "check_dataset",
     "default_run_name",
     "evaluate",
     "initial_checkpoint",
