@@ -16,3 +16,7 @@ class UnknownArchitectureError(RtkError, KeyError):
 
 class DataError(RtkError):
     """The dataset is missing, malformed or unreadable."""
+
+
+class OutputError(RtkError):
+    """An output file cannot be written where the user asked."""

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from toolkit.errors import OutputError
+
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
@@ -16,8 +18,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
     The temporary file lives in the target's directory so that ``os.replace`` is a rename on
     one filesystem; if the body raises (or the process dies), ``target`` is untouched.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # nothing is written yet: one line naming the folder
+        raise OutputError(
+            f"cannot write {target} ({exc.strerror or exc}); choose a writable folder"
+        ) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)

@@ -79,6 +79,11 @@ def detect(path: Path, *, origin: str = "the data path") -> DataSource:
             f"data path {path} (from {origin}) does not exist; "
             "point --data or RTK_DATA at a CIFAR-10 folder"
         )
+    if not path.is_file() and not path.is_dir():  # reading a FIFO would wait for a writer
+        raise DataError(
+            f"{path} (from {origin}) is neither a folder nor a regular file; "
+            "point --data or RTK_DATA at a CIFAR-10 folder or tarball"
+        )
     if path.is_file():
         if path.name.endswith((".tar.gz", ".tgz")):
             return DataSource(path.resolve(), "cifar-tar")
@@ -308,6 +313,9 @@ def _decode_chunk(files: list[Path]) -> np.ndarray:
 
 
 def _decode_one(path: Path) -> np.ndarray:
+    # Image.open on a FIFO waits forever for a writer, and a device may never end.
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path} is not a regular file; remove it from the dataset")
     try:
         with Image.open(path) as image:
             image.load()  # decode fully here: a truncated file fails now, not later
