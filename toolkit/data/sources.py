@@ -163,15 +163,18 @@ def read(source: DataSource) -> RawData:
     if source.format == "imagefolder":
         return _read_imagefolder(source.path)
     if source.format == "cifar-tar":
-        with tarfile.open(source.path, "r:gz") as tar:
+        try:
+            with tarfile.open(source.path, "r:gz") as tar:
 
-            def open_member(name: str) -> BinaryIO:
-                member = tar.extractfile(f"{_BATCH_DIR}/{name}")
-                if member is None:
-                    raise KeyError(name)
-                return member
+                def open_member(name: str) -> BinaryIO:
+                    member = tar.extractfile(f"{_BATCH_DIR}/{name}")
+                    if member is None:
+                        raise KeyError(name)
+                    return member
 
-            return _read_batches(open_member, str(source.path))
+                return _read_batches(open_member, str(source.path))
+        except (OSError, EOFError, tarfile.TarError) as exc:  # EOFError: a cut-off gzip stream
+            raise DataError(f"cannot read {source.path} ({exc}); re-download CIFAR-10") from exc
     return _read_batches(lambda name: (source.path / name).open("rb"), str(source.path))
 
 

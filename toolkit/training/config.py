@@ -101,6 +101,8 @@ class TrainConfig:
                 f"this recipe uses Nesterov momentum, which needs --momentum above 0, "
                 f"got {self.momentum}"
             )
+        if self.amp and self.device == "cpu":  # "auto" on a CPU-only machine: the trainer says
+            raise ConfigError("--amp is CUDA-only mixed precision; drop --amp or use --device cuda")
         if not 0 <= self.warmup_frac < 1:
             raise ConfigError(f"--warmup-frac must be in [0, 1), got {self.warmup_frac}")
         if self.val_size < 0:
