@@ -29,6 +29,16 @@ class Observers:
             observer.epoch_end(record)
 
 
+# TensorBoard tag -> EpochRecord field; the part before "/" is the section it is shown in.
+_CURVES = {
+    "loss/train": "train_loss",
+    "loss/val": "val_loss",
+    "accuracy/train": "train_acc",
+    "accuracy/val": "val_acc",
+    "lr": "lr",
+}
+
+
 class TensorBoardObserver:
     """Per-epoch loss, accuracy, lr and per-layer gradient norms as TensorBoard events in the
     run folder (beside history.csv), flushed every epoch so a killed run keeps its curves."""
@@ -49,14 +59,8 @@ class TensorBoardObserver:
         pass  # per-epoch curves only: per-batch points would dwarf the event files
 
     def epoch_end(self, record: EpochRecord) -> None:
-        scalars = {
-            "loss/train": record.train_loss,
-            "loss/val": record.val_loss,
-            "accuracy/train": record.train_acc,
-            "accuracy/val": record.val_acc,
-            "lr": record.lr,
-            **{f"grad_norm/{layer}": norm for layer, norm in record.grad_norms.items()},
-        }
+        scalars = {tag: getattr(record, field) for tag, field in _CURVES.items()}
+        scalars.update({f"grad_norm/{layer}": n for layer, n in record.grad_norms.items()})
         for tag, value in scalars.items():
             if value is not None:  # no validation split: no val curves
                 self.writer.add_scalar(tag, value, record.epoch)
