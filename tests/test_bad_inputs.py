@@ -193,6 +193,7 @@ ROWS = [
     Row("recipe", train("--recipe", "adamw"), 2, "unknown recipe 'adamw'"),
     Row("arch", ["train", "resnet50", "--data", "{data}"], 2, "unknown architecture 'resnet50'"),
     Row("nproc", train("--nproc", "0"), 2, "--nproc must be at least 1"),
+    Row("nproc-lr", train("--nproc", "2", "--lr", "nan"), 2, "--lr must be a finite number"),
     Row("amp-cpu", train("--amp", "--device", "cpu"), 2, "--amp is CUDA-only"),
     Row("cuda", train("--device", "cuda"), 2, "CUDA is not available", marks=(NO_CUDA,)),
     Row("resume-missing", ["train", "--resume", "{ws}/nowhere"], 2, "does not exist"),

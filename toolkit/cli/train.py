@@ -165,13 +165,6 @@ def train(
     if resume is not None and archs:
         raise ConfigError("--resume continues the run's own architecture; name none")
     names = architecture_names() if archs == ["all"] else [get_architecture(a).name for a in archs]
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
-    if nproc > 1:
-        if len(names) != 1:
-            raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
-        raise typer.Exit(_launch_torchrun(nproc, _run_path(out, name, names[0])))
-
     overrides = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -194,6 +187,14 @@ def train(
         "train_subset": train_subset,
         "val_size": val_size,
     }
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if nproc > 1:
+        if len(names) != 1:
+            raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
+        make_config(names[0], recipe or "paper", **overrides)  # refused once, before torchrun
+        raise typer.Exit(_launch_torchrun(nproc, _run_path(out, name, names[0])))
+
     from toolkit.data import load_dataset
     from toolkit.training import Trainer, check_dataset, resume_config
     from toolkit.training.observers import Observers, TensorBoardObserver
