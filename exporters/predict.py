@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +85,39 @@ def read_meta(
     )
 
 
+# Caps checked before any pixel is decoded: a small PNG or JPEG can declare a huge image (a
+# decompression bomb) whose RGB float copy would take the machine's memory.
+MAX_IMAGE_BYTES = 64 * 2**20
+MAX_IMAGE_PIXELS = 8192 * 8192  # 67 megapixels, beyond any camera photo; 800 MB as RGB float
+
+
+def _too_large(path: Path, what: str) -> ExportError:
+    return ExportError(
+        f"image {path} is {what}, over rtk predict's cap of {MAX_IMAGE_BYTES // 2**20} MiB and "
+        f"{MAX_IMAGE_PIXELS:,} pixels; downscale it first"
+    )
+
+
 def _load_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], bool]:
     try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = image.convert("RGB")
+        info = path.stat()
     except FileNotFoundError as exc:
         raise ExportError(f"image {path} does not exist") from exc
+    except OSError as exc:
+        raise ExportError(f"cannot read image {path} ({exc.strerror})") from exc
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would wait forever for a writer
+        raise ExportError(f"image {path} is not a regular file; give an image file")
+    if info.st_size > MAX_IMAGE_BYTES:
+        raise _too_large(path, f"{info.st_size / 2**20:,.0f} MiB")
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise _too_large(path, f"{width}x{height} pixels")
+            image.load()
+            rgb = image.convert("RGB")
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger cap, hit while opening
+        raise _too_large(path, "too many pixels for Pillow") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ExportError(f"cannot read image {path} ({exc}); use a PNG or JPEG file") from exc
     original = rgb.size
@@ -110,6 +137,8 @@ def predict(
     mean: list[float] | None = None,
     std: list[float] | None = None,
 ) -> tuple[ModelMeta, list[Prediction]]:
+    if top_k < 1:
+        raise ExportError(f"--top-k must be at least 1, got {top_k}")
     if not model.is_file():
         raise ExportError(f"model {model} does not exist")
     session, _ = create_session(model, provider)
@@ -136,7 +165,7 @@ def predict(
     probabilities = shifted / shifted.sum(1, keepdims=True)
     predictions = []
     for path, (_, original, resized), probs in zip(images, loaded, probabilities, strict=True):
-        order = np.argsort(-probs)[: max(1, top_k)]
+        order = np.argsort(-probs)[:top_k]
         top = [Guess(meta.classes[i], float(probs[i])) for i in order]
         predictions.append(Prediction(path, original, resized, top))
     return meta, predictions

@@ -271,44 +271,6 @@ def test_predict_without_metadata_needs_flags(imagefolder: Path, tmp_path: Path)
     assert result.exit_code == 2 and "--classes" in result.stderr
 
 
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("corrupt-onnx", "ONNX Runtime cannot load"),
-        ("wrong-input", "takes 1-channel input"),
-        ("bad-image", "cannot read image"),
-        ("missing-image", "does not exist"),
-        ("cuda", "asked for cuda"),
-        ("bad-mean", "expected numbers separated by commas"),
-        ("short-std", "--mean and --std take 3 values each"),
-    ],
-)
-def test_predict_faults_are_one_line_exit_2(
-    case: str, message: str, imagefolder: Path, tmp_path: Path
-):
-    if case == "cuda" and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    image = sorted((imagefolder / "test" / "cat").iterdir())[0]
-    model = _bare_model(tmp_path / "m.onnx", channels=1 if case == "wrong-input" else 3)
-    args = [str(model), str(image), "--classes", "a,b,c,d", "--mean", "0,0,0", "--std", "1,1,1"]
-    if case == "corrupt-onnx":
-        model.write_bytes(model.read_bytes()[:40])
-    elif case == "bad-image":
-        (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
-        args[1] = str(tmp_path / "x.png")
-    elif case == "missing-image":
-        args[1] = str(tmp_path / "nope.jpg")
-    elif case == "cuda":
-        args += ["--provider", "cuda"]
-    elif case == "bad-mean":
-        args[5] = "a,b,c"
-    elif case == "short-std":
-        args[7] = "1,1"
-    result = run_cli("predict", *args)
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-
-
 def test_export_cli_faults(dataset: Dataset, imagefolder: Path, tmp_path: Path):
     run = write_checkpoint(tmp_path / "run", "baseline-cnn")
     data = ["--data", str(imagefolder), "--parity-images", str(PARITY)]

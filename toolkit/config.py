@@ -4,6 +4,7 @@ every override."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,12 +64,36 @@ class TrainConfig:
     grad_norm_batches: int = 8  # per-layer gradient norms averaged over the epoch's last N batches
 
     def validate(self) -> TrainConfig:
+        # NaN passes every comparison below (``nan <= 0`` is False), so finiteness comes first.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{_flag(f.name)} must be a finite number, got {value}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for name, value in positive.items():
             if value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise ConfigError(f"{_flag(name)} must be positive, got {value}")
         if self.patience < 0:
             raise ConfigError(f"--patience must be 0 (off) or more, got {self.patience}")
+        if self.plateau_patience < 0:
+            raise ConfigError(f"--plateau-patience must be 0 or more, got {self.plateau_patience}")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(
+                f"--plateau-factor must be in (0, 1) (it multiplies the lr), "
+                f"got {self.plateau_factor}"
+            )
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.seed < 2**64:  # torch.manual_seed's range
+            raise ConfigError(f"--seed must be in [0, 2**64), got {self.seed}")
+        from toolkit.data.sources import IMAGE_SIZE  # here: the CLI reads this module, no torch
+
+        if not 0 <= self.translate < IMAGE_SIZE:  # reflect padding needs less than the image
+            raise ConfigError(
+                f"--translate must be in [0, {IMAGE_SIZE - 1}] pixels, got {self.translate}"
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.label_smoothing < 1:
@@ -78,6 +103,8 @@ class TrainConfig:
                 f"this recipe uses Nesterov momentum, which needs --momentum above 0, "
                 f"got {self.momentum}"
             )
+        if self.amp and self.device == "cpu":  # "auto" on a CPU-only machine: the trainer says
+            raise ConfigError("--amp is CUDA-only mixed precision; drop --amp or use --device cuda")
         if not 0 <= self.warmup_frac < 1:
             raise ConfigError(f"--warmup-frac must be in [0, 1), got {self.warmup_frac}")
         if self.val_size < 0:
@@ -93,6 +120,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def check_dataset(config: TrainConfig, *, classes: int, train_images: int) -> None:
+    """Fail before any run folder exists when the data cannot train ``config``'s model."""
+    from toolkit.models import get_architecture
+
+    arch = get_architecture(config.arch)
+    if classes != arch.num_classes:
+        raise ConfigError(
+            f"the dataset has {classes} classes but {arch.name} classifies {arch.num_classes}; "
+            f"give it a dataset with {arch.num_classes} class folders"
+        )
+    if config.val_size >= train_images:
+        raise ConfigError(
+            f"--val-size {config.val_size} leaves no training images of the dataset's "
+            f"{train_images}; pass a smaller --val-size"
+        )
 
 
 RECIPES: dict[str, dict[str, Any]] = {

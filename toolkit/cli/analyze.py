@@ -4,11 +4,15 @@ curves, the paper's Table I)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from toolkit.cli.output import console, notice, print_json
+from toolkit.cli.output import console, err_console, notice, print_json
+
+if TYPE_CHECKING:
+    from analysis.metrics import ClassReport
 
 analyze_app = typer.Typer(help="Gradient flow and parameter counts.", no_args_is_help=True)
 report_app = typer.Typer(help="Test-set reports, curves and Table I.", no_args_is_help=True)
@@ -147,15 +151,36 @@ def confusion(
 def classification(
     source: Path = typer.Argument(..., help="A run directory, checkpoint or ONNX model."),
     data: Path | None = DataOption,
+    min_accuracy: float | None = typer.Option(
+        None,
+        help="A CI gate: exit 1 when the test accuracy is below this fraction in [0, 1] "
+        "(0.85, not 85).",
+        show_default=False,
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Per-class precision, recall, F1 and support (scikit-learn's classification_report)."""
     from analysis.metrics import class_report
+    from toolkit.errors import RtkError
 
+    # Checked before the test pass: `not 0 <= x <= 1` also refuses NaN.
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise RtkError(f"--min-accuracy is a fraction in [0, 1] (0.85 for 85%), got {min_accuracy}")
     report = class_report(_predictions(source, data))  # type: ignore[arg-type]
     if as_json:
         print_json(report)
-        return
+    else:
+        _print_class_report(report, source)
+    if min_accuracy is not None and report.accuracy < min_accuracy:
+        err_console.print(
+            f"[bold red]gate failed:[/] accuracy {report.accuracy:.4f} is below the required "
+            f"{min_accuracy:.4f} (--min-accuracy) for {source}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+def _print_class_report(report: ClassReport, source: Path) -> None:
     table = Table(
         title=f"Classification report: {source} ({report.engine}), {report.images:,} images"
     )

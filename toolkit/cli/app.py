@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 from typing import Any
 
 import typer
@@ -79,6 +81,10 @@ def _root(
     ),
 ) -> None:
     """rtk, the residual-learning toolkit: train, export, benchmark and analyse CIFAR CNNs."""
+    # Library warnings (torch, PIL, onnx) arrive as file:line noise the user cannot act on; rtk
+    # reports every problem it can name as an error. RTK_DEBUG=1, -W or PYTHONWARNINGS show them.
+    if not _debug() and not sys.warnoptions:
+        warnings.simplefilter("ignore")
     # onnxscript warns on every export that it hands the opset conversion to the onnx C API;
     # that is expected here, and the CLI keeps the terminal for rtk's own output.
     logging.getLogger("onnxscript").setLevel(logging.ERROR)

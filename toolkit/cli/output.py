@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Wide enough for any table rtk prints: Rich lays tables out to their content, not to this.
+LOG_WIDTH = 10_000
+
+
+class _Console(Console):
+    """Rich assumes 80 columns where there is no terminal (CI logs, pipes) and squeezes
+    tables into them, cutting numbers to an ellipsis; a log has no width, so nothing is cut
+    there. ``COLUMNS`` still decides when it is set."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        if not self.is_terminal and not os.environ.get("COLUMNS"):
+            return ConsoleDimensions(LOG_WIDTH, super().size.height)
+        return super().size
+
+
+console = _Console(highlight=False)
+err_console = _Console(stderr=True, highlight=False)
 
 
 def _plain(value: Any) -> Any:

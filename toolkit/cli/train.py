@@ -60,6 +60,18 @@ class RichObserver:
         )
 
 
+def _run_path(out: Path, name: str | None, arch: str) -> Path:
+    """The run folder ``out/name``; a name that would leave ``out`` is refused."""
+    from toolkit.training import ConfigError, default_run_name
+
+    if name is not None and (name in ("", ".", "..") or Path(name).name != name):
+        raise ConfigError(
+            f"--name {name!r} must be a plain folder name (no '/', '..' or absolute path), "
+            "since the run folder lives in --out"
+        )
+    return out / (name or default_run_name(arch))
+
+
 def _launch_torchrun(nproc: int, run_path: Path) -> int:
     """Re-run this command under torchrun with ``nproc`` processes on this machine.
 
@@ -136,13 +148,16 @@ def train(
     name: str | None = typer.Option(None, help="Run directory name [ARCH-DATE-TIME]."),
     resume: Path | None = typer.Option(None, help="Continue the run in this directory."),
     nproc: int = typer.Option(1, help="Processes on this machine (DDP through torchrun)."),
+    tensorboard: bool = typer.Option(
+        False, help="Also write TensorBoard event files into the run folder."
+    ),
     quiet: bool = typer.Option(False, help="No progress bars or epoch lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Train architectures with the paper's recipe (or --recipe sgd|fast); test the best
     weights."""
     from toolkit.models import architecture_names, get_architecture
-    from toolkit.training import ConfigError, default_run_name, make_config
+    from toolkit.training import ConfigError, make_config
 
     archs = archs or []
     if resume is None and not archs:
@@ -150,13 +165,6 @@ def train(
     if resume is not None and archs:
         raise ConfigError("--resume continues the run's own architecture; name none")
     names = architecture_names() if archs == ["all"] else [get_architecture(a).name for a in archs]
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
-    if nproc > 1:
-        if len(names) != 1:
-            raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
-        raise typer.Exit(_launch_torchrun(nproc, out / (name or default_run_name(names[0]))))
-
     overrides = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -179,8 +187,17 @@ def train(
         "train_subset": train_subset,
         "val_size": val_size,
     }
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if nproc > 1:
+        if len(names) != 1:
+            raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
+        make_config(names[0], recipe or "paper", **overrides)  # refused once, before torchrun
+        raise typer.Exit(_launch_torchrun(nproc, _run_path(out, name, names[0])))
+
     from toolkit.data import load_dataset
-    from toolkit.training import Trainer, resume_config
+    from toolkit.training import Trainer, check_dataset, resume_config
+    from toolkit.training.observers import Observers, TensorBoardObserver
 
     if resume is not None:
         given = [
@@ -198,12 +215,16 @@ def train(
         for arch in names:
             run_name = name if len(names) == 1 else (f"{name}-{arch}" if name else None)
             config = make_config(arch, recipe or "paper", **overrides)
-            jobs.append((config, out / (run_name or default_run_name(arch))))
+            jobs.append((config, _run_path(out, run_name, arch)))
     dataset = load_dataset(data, announce=notice)
+    for config, _ in jobs:  # every job, before the first run folder is made
+        check_dataset(config, classes=len(dataset.classes), train_images=len(dataset.train))
     out_console = err_console if as_json else console
     summaries = []
     for config, run_path in jobs:
-        observer = None if quiet else RichObserver(out_console, progress=True)
+        board = TensorBoardObserver(run_path) if tensorboard else None
+        shown = None if quiet else RichObserver(out_console, progress=True)
+        observer = Observers(*(o for o in (shown, board) if o is not None))
         trainer = Trainer(config, dataset, run_path, observer=observer, resume=resume is not None)
         main_rank = trainer.world.is_main
         if main_rank and not quiet:
@@ -213,7 +234,11 @@ def train(
                 f"{trainer.device}, {trainer.world.size} process(es), effective batch "
                 f"{config.batch_size * trainer.world.size}{where})"
             )
-        result = trainer.run()
+        try:
+            result = trainer.run()
+        finally:
+            if board is not None:
+                board.close()
         summaries.append(result.summary())
         if main_rank and not as_json:
             tta = (

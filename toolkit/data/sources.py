@@ -79,6 +79,11 @@ def detect(path: Path, *, origin: str = "the data path") -> DataSource:
             f"data path {path} (from {origin}) does not exist; "
             "point --data or RTK_DATA at a CIFAR-10 folder"
         )
+    if not path.is_file() and not path.is_dir():  # reading a FIFO would wait for a writer
+        raise DataError(
+            f"{path} (from {origin}) is neither a folder nor a regular file; "
+            "point --data or RTK_DATA at a CIFAR-10 folder or tarball"
+        )
     if path.is_file():
         if path.name.endswith((".tar.gz", ".tgz")):
             return DataSource(path.resolve(), "cifar-tar")
@@ -158,15 +163,18 @@ def read(source: DataSource) -> RawData:
     if source.format == "imagefolder":
         return _read_imagefolder(source.path)
     if source.format == "cifar-tar":
-        with tarfile.open(source.path, "r:gz") as tar:
+        try:
+            with tarfile.open(source.path, "r:gz") as tar:
 
-            def open_member(name: str) -> BinaryIO:
-                member = tar.extractfile(f"{_BATCH_DIR}/{name}")
-                if member is None:
-                    raise KeyError(name)
-                return member
+                def open_member(name: str) -> BinaryIO:
+                    member = tar.extractfile(f"{_BATCH_DIR}/{name}")
+                    if member is None:
+                        raise KeyError(name)
+                    return member
 
-            return _read_batches(open_member, str(source.path))
+                return _read_batches(open_member, str(source.path))
+        except (OSError, EOFError, tarfile.TarError) as exc:  # EOFError: a cut-off gzip stream
+            raise DataError(f"cannot read {source.path} ({exc}); re-download CIFAR-10") from exc
     return _read_batches(lambda name: (source.path / name).open("rb"), str(source.path))
 
 
@@ -308,6 +316,9 @@ def _decode_chunk(files: list[Path]) -> np.ndarray:
 
 
 def _decode_one(path: Path) -> np.ndarray:
+    # Image.open on a FIFO waits forever for a writer, and a device may never end.
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path} is not a regular file; remove it from the dataset")
     try:
         with Image.open(path) as image:
             image.load()  # decode fully here: a truncated file fails now, not later

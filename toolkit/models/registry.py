@@ -6,6 +6,7 @@ name and arguments can rebuild its model without this registry.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,14 @@ class Architecture:
     description: str
     model_class: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """The classifier's outputs: its own argument, else the model class's default."""
+        if "num_classes" in self.kwargs:
+            return int(self.kwargs["num_classes"])
+        signature = inspect.signature(MODEL_CLASSES[self.model_class])
+        return int(signature.parameters["num_classes"].default)
 
     def build(self, **overrides: Any) -> Classifier:
         return build_model(self.model_class, {**self.kwargs, **overrides})

@@ -1,6 +1,6 @@
 """Training: the paper's recipes, resumable runs, run directories and checkpoints."""
 
-from toolkit.config import RECIPES, ConfigError, TrainConfig, make_config
+from toolkit.config import RECIPES, ConfigError, TrainConfig, check_dataset, make_config
 from toolkit.training.checkpoint import (
     CheckpointError,
     initial_checkpoint,
@@ -32,6 +32,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingInterrupted",
+    "check_dataset",
     "default_run_name",
     "evaluate",
     "initial_checkpoint",

@@ -7,7 +7,7 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.data.transforms import MEAN, STD
-from toolkit.errors import RtkError
+from toolkit.errors import RtkError, UnknownArchitectureError
 from toolkit.fileio import atomic_path
 from toolkit.models import Classifier, build_model
 
@@ -78,18 +78,110 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({first}); use another checkpoint"
-        ) from exc
+    except pickle.UnpicklingError as exc:
+        if _SAFE_LOADER_REFUSED in str(exc):
+            raise _unsafe(path, exc) from exc
+        raise _corrupt(path, exc) from exc
+    except Exception as exc:  # on arbitrary bytes torch's unpickler fails in any way (KeyError...)
+        raise _corrupt(path, exc) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an rtk checkpoint (no rtk format marker)")
     if payload.get("version", 0) > VERSION:
         raise CheckpointError(
             f"{path} was written by a newer rtk (format {payload['version']}); upgrade rtk"
         )
+    _check_model(path, payload)
     return payload
+
+
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def _check_model(path: Path, payload: dict[str, Any]) -> None:
+    """The checkpoint's model must be a registered architecture as the registry builds it
+    (only the dropout may differ) and its weights must fit that model, key for key and shape
+    for shape: checked before a model is built, so absurd arguments never allocate."""
+    from toolkit.models import architecture_names, get_architecture
+
+    try:
+        arch = get_architecture(str(payload.get("arch")))
+    except UnknownArchitectureError as exc:
+        raise CheckpointError(
+            f"{path} is foreign: its architecture {payload.get('arch')!r} is none of rtk's "
+            f"({', '.join(architecture_names())})"
+        ) from exc
+    kwargs = payload.get("model_kwargs")
+    if payload.get("model_class") != arch.model_class or not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path} does not describe rtk's {arch.name}; use one rtk wrote")
+    structural = {k: _listed(v) for k, v in kwargs.items() if k != "dropout"}
+    differing = sorted(
+        structural.keys() ^ arch.kwargs.keys()
+        | {
+            k
+            for k in structural.keys() & arch.kwargs.keys()
+            if structural[k] != _listed(arch.kwargs[k])
+        }
+    )
+    dropout = kwargs.get("dropout", 0.0)
+    if not isinstance(dropout, float | int) or not 0 <= dropout < 1:
+        differing.append("dropout")
+    if differing:
+        raise CheckpointError(
+            f"{path} builds {arch.name} with arguments rtk's registry does not "
+            f"({', '.join(differing)}); use a checkpoint rtk wrote"
+        )
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        expected = {k: tuple(v.shape) for k, v in arch.build(**kwargs).state_dict().items()}
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no weights rtk can read; use a checkpoint rtk wrote")
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        found = [
+            f"{len(missing)} missing (first {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (first {unexpected[0]})" if unexpected else "",
+            f"{len(wrong)} of the wrong shape (first {wrong[0]}: {list(state[wrong[0]].shape)}, "
+            f"expected {list(expected[wrong[0]])})"
+            if wrong
+            else "",
+        ]
+        raise CheckpointError(
+            f"{path} holds weights that do not fit {arch.name}: "
+            f"{', '.join(f for f in found if f)}; use a checkpoint of this architecture"
+        )
+    classes = payload.get("classes")
+    if not isinstance(classes, list) or len(classes) != arch.num_classes:
+        raise CheckpointError(
+            f"{path} names {len(classes) if isinstance(classes, list) else 'no'} classes for "
+            f"{arch.num_classes} outputs; use a checkpoint rtk wrote"
+        )
+
+
+# How torch's safe loader begins its refusal; the rest of its message advises
+# ``weights_only=False``, which would run the file's code, so rtk never passes it on.
+_SAFE_LOADER_REFUSED = "Weights only load failed"
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unsafe(path: Path, exc: Exception) -> CheckpointError:
+    found = _REFUSED_GLOBAL.search(str(exc))
+    what = f"a {found.group(1)} object" if found else "objects other than plain tensors"
+    return CheckpointError(
+        f"checkpoint {path} is unsafe or foreign: it holds {what}, which rtk's safe loader "
+        "refuses to run; use a checkpoint written by rtk"
+    )
+
+
+def _corrupt(path: Path, exc: Exception) -> CheckpointError:
+    # The first sentence: torch goes on to guess at causes for a paragraph.
+    detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+    first = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return CheckpointError(
+        f"checkpoint {path} is truncated or corrupt ({first}); use another checkpoint"
+    )
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> Classifier:

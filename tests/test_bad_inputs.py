@@ -1,0 +1,324 @@
+"""The bad-input catalogue: every input a careless user or an attacker can give rtk, one row each.
+
+A row is the command line, an optional setup that makes the bad input from real files (real
+JPEGs, a real checkpoint, a real ONNX file), the exit code, and a phrase of the message. Every
+row runs through the real CLI and must end in exactly one line on stderr, no traceback, never
+torch's ``weights_only=False`` advice, and nothing created or changed under the workspace (the
+data, the runs folder, the checkpoint: every file and folder, by type, size and mtime). Adding
+a case is adding a row.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import stat
+import struct
+import tarfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.conftest import CLASSES, TinyData, write_cifar_python
+from tests.test_export import _bare_model
+from toolkit.cli import app
+from toolkit.training import initial_checkpoint, save_checkpoint
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+HANG_S = 60  # a FIFO opened for reading waits forever for a writer: fail instead of hanging
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Real inputs for the rows: ``cifar10-jpeg/`` (an ImageFolder of real JPEGs), ``runs/``
+    (empty), ``ckpt.pt`` (a real checkpoint of baseline-cnn), ``model.onnx`` (an ONNX
+    classifier of 4 classes without rtk metadata) and ``file`` (a regular file, so that
+    ``file/sub`` is an output folder nobody can create, not even root)."""
+
+    root: Path
+    tiny: TinyData
+
+    @property
+    def data(self) -> Path:
+        return self.root / "cifar10-jpeg"
+
+    @property
+    def image(self) -> Path:
+        return sorted((self.data / "test" / "cat").iterdir())[0]
+
+
+Setup = Callable[[Workspace], object]
+
+
+# --- the commands the rows run ----------------------------------------------------------------
+
+
+def train(*extra: str) -> list[str]:
+    base = ["train", "baseline-cnn", "--epochs", "1", "--val-size", "50"]
+    return [*base, "--data", "{data}", "--out", "{ws}/runs", *extra]
+
+
+def predict(*extra: str, model: str = "{ws}/model.onnx", image: str = "{image}") -> list[str]:
+    return [
+        "predict", model, image, "--classes", "a,b,c,d", "--mean", "0,0,0", "--std", "1,1,1",
+        *extra,
+    ]  # fmt: skip
+
+
+def export(checkpoint: str = "{ws}/bad.pt", *extra: str) -> list[str]:
+    # --json, since without it the opset notice would be a second line on stderr
+    return ["export", checkpoint, "--onnx", "--json", "--data", "{data}", *extra]
+
+
+def report(kind: str, *extra: str) -> list[str]:
+    return ["report", kind, "{ws}/ckpt.pt", "--data", "{data}", *extra]
+
+
+# --- setups: each makes one bad input from real files -------------------------------------
+
+
+def _fewer_classes(ws: Workspace) -> None:
+    for split in ("train", "test"):
+        for name in CLASSES[5:]:
+            shutil.rmtree(ws.data / split / name)
+
+
+def _fifo(name: str) -> Setup:
+    return lambda ws: os.mkfifo(ws.root / name)
+
+
+def _write(name: str, make: Callable[[Workspace], bytes]) -> Setup:
+    return lambda ws: (ws.root / name).write_bytes(make(ws))
+
+
+def _truncated_tarball(ws: Workspace) -> bytes:
+    folder = write_cifar_python(ws.root / "build" / "cifar-10-batches-py", ws.tiny)
+    whole = ws.root / "build" / "cifar-10-python.tar.gz"
+    with tarfile.open(whole, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return whole.read_bytes()[: whole.stat().st_size // 2]
+
+
+def _checkpoint(mutate: Callable[[dict], object]) -> Setup:
+    """A real baseline-cnn checkpoint at ``bad.pt``, changed by ``mutate``."""
+
+    def setup(ws: Workspace) -> None:
+        payload = initial_checkpoint("baseline-cnn", list(CLASSES))
+        mutate(payload)
+        save_checkpoint(ws.root / "bad.pt", payload)
+
+    return setup
+
+
+def _unsafe_checkpoint(ws: Workspace) -> None:
+    # A pickle that names a callable: the classic payload the safe loader exists to refuse.
+    payload = {**initial_checkpoint("baseline-cnn", list(CLASSES)), "hook": print}
+    torch.save(payload, ws.root / "bad.pt")
+
+
+def _forged_png(width: int, height: int) -> Callable[[Workspace], bytes]:
+    """A real image as PNG whose header claims ``width`` x ``height``: a decompression bomb's
+    first bytes (Pillow reads the size from the header before any pixel)."""
+
+    def make(ws: Workspace) -> bytes:
+        buffer = io.BytesIO()
+        Image.open(ws.image).save(buffer, format="PNG")
+        png = bytearray(buffer.getvalue())
+        png[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+        png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))  # the chunk's CRC
+        return bytes(png)
+
+    return make
+
+
+def _huge_file(ws: Workspace) -> None:
+    path = ws.root / "huge.jpg"
+    shutil.copy(ws.image, path)
+    with path.open("r+b") as handle:
+        handle.truncate(65 * 2**20)  # sparse: a 65 MiB file that takes no disk space
+
+
+def _foreign_weights(payload: dict) -> None:
+    payload["state_dict"] = initial_checkpoint("mini-resnet", list(CLASSES))["state_dict"]
+
+
+def _another_changes(why: str) -> tuple:
+    """A defect whose fix lies in a file another change owns: strict, so the fix flags it."""
+    return (pytest.mark.xfail(strict=True, reason=why),)
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    args: list[str]  # {ws}, {data} and {image} stand for the workspace's paths
+    code: int
+    phrase: str  # in the one line on stderr
+    setup: Setup | None = None
+    marks: tuple = ()
+
+
+# fmt: off
+ROWS = [
+    # rtk train: every setting finite and in range, refused before a run folder exists
+    Row("lr-nan", train("--lr", "nan"), 2, "--lr must be a finite number"),
+    Row("lr-inf", train("--lr", "inf"), 2, "--lr must be a finite number"),
+    Row("lr-zero", train("--lr", "0"), 2, "--lr must be positive"),
+    Row("epochs-zero", train("--epochs", "0"), 2, "--epochs must be positive"),
+    Row("batch-negative", train("--batch-size", "-4"), 2, "--batch-size must be positive"),
+    Row("plateau-factor-1", train("--plateau-factor", "1"), 2, "--plateau-factor must be in (0,"),
+    Row("plateau-factor-0", train("--plateau-factor", "0"), 2, "--plateau-factor must be in (0,"),
+    Row("plateau-patience", train("--plateau-patience", "-1"), 2, "--plateau-patience must be 0"),
+    Row("patience", train("--patience", "-1"), 2, "--patience must be 0 (off) or more"),
+    Row("weight-decay-neg", train("--weight-decay", "-1e-4"), 2, "--weight-decay must be 0 or"),
+    Row("weight-decay-nan", train("--weight-decay", "nan"), 2, "--weight-decay must be a finite"),
+    Row("momentum", train("--momentum", "1.5"), 2, "--momentum must be in [0, 1)"),
+    Row("nesterov-momentum", train("--recipe", "fast", "--momentum", "0"), 2, "Nesterov momentum"),
+    Row("seed", train("--seed", "-1"), 2, "--seed must be in [0, 2**64)"),
+    Row("translate-big", train("--translate", "40"), 2, "--translate must be in [0, 31] pixels"),
+    Row("translate-neg", train("--translate", "-1"), 2, "--translate must be in [0, 31] pixels"),
+    Row("dropout", train("--dropout", "1"), 2, "--dropout must be in [0, 1)"),
+    Row("label-smoothing", train("--label-smoothing", "1.5"), 2, "--label-smoothing must be in"),
+    Row("warmup-frac", train("--warmup-frac", "-0.1"), 2, "--warmup-frac must be in [0, 1)"),
+    Row("val-size-neg", train("--val-size", "-1"), 2, "--val-size must be 0 or more"),
+    Row("val-size-all", train("--val-size", "200"), 2, "--val-size 200 leaves no training"),
+    Row("train-subset", train("--train-subset", "0"), 2, "--train-subset must be positive"),
+    Row("recipe", train("--recipe", "adamw"), 2, "unknown recipe 'adamw'"),
+    Row("arch", ["train", "resnet50", "--data", "{data}"], 2, "unknown architecture 'resnet50'"),
+    Row("nproc", train("--nproc", "0"), 2, "--nproc must be at least 1"),
+    Row("nproc-lr", train("--nproc", "2", "--lr", "nan"), 2, "--lr must be a finite number"),
+    Row("amp-cpu", train("--amp", "--device", "cpu"), 2, "--amp is CUDA-only"),
+    Row("cuda", train("--device", "cuda"), 2, "CUDA is not available", marks=(NO_CUDA,)),
+    Row("resume-missing", ["train", "--resume", "{ws}/nowhere"], 2, "does not exist"),
+    # rtk train: the run folder stays inside --out
+    Row("name-parent", train("--name", "../escaped"), 2, "must be a plain folder name"),
+    Row("name-absolute", train("--name", "{ws}/elsewhere"), 2, "must be a plain folder name"),
+    Row("name-nested", train("--name", "a/b"), 2, "must be a plain folder name"),
+    Row("name-dot", train("--name", "."), 2, "must be a plain folder name"),
+    # rtk train: data that does not fit the model; an output folder nobody can create
+    Row("class-count", train(), 2, "the dataset has 5 classes but baseline-cnn classifies 10",
+        _fewer_classes),
+    Row("train-out-unwritable", train("--out", "{ws}/file/runs"), 2, "cannot create run directory"),
+    # the dataset
+    Row("data-missing", ["data", "info", "--data", "{ws}/missing"], 2, "does not exist"),
+    Row("data-empty", ["data", "info", "--data", "{ws}/runs"], 2, "is empty"),
+    Row("data-foreign-file", ["data", "info", "--data", "{ws}/file"], 2, "not a CIFAR-10 tarball"),
+    Row("data-fifo", ["data", "info", "--data", "{ws}/pipe"], 2,
+        "is neither a folder nor a regular file", _fifo("pipe")),
+    Row("data-fifo-image", ["data", "info", "--data", "{data}"], 2, "9999.jpg is not a regular",
+        _fifo("cifar10-jpeg/train/cat/9999.jpg")),
+    Row("data-truncated-tarball", ["data", "info", "--data", "{ws}/cifar-10-python.tar.gz"], 2,
+        "re-download CIFAR-10", _write("cifar-10-python.tar.gz", _truncated_tarball)),
+    Row("data-foreign-tarball", ["data", "info", "--data", "{ws}/x.tar.gz"], 2,
+        "re-download CIFAR-10", _write("x.tar.gz", lambda ws: b"not gzip")),
+    # checkpoints: foreign, unsafe, damaged, or describing a model the registry does not build
+    Row("ckpt-foreign-weights", export(), 2, "holds weights that do not fit baseline-cnn",
+        _checkpoint(_foreign_weights)),
+    Row("ckpt-wrong-shape", export(), 2, "1 of the wrong shape (first fc.weight: [5, 256]",
+        _checkpoint(lambda p: p["state_dict"].update({"fc.weight": torch.zeros(5, 256)}))),
+    Row("ckpt-unknown-argument", export(), 2, "arguments rtk's registry does not (depth)",
+        _checkpoint(lambda p: p["model_kwargs"].update(depth=50))),
+    Row("ckpt-absurd-argument", export(), 2, "arguments rtk's registry does not (widths)",
+        _checkpoint(lambda p: p["model_kwargs"].update(widths=(2**20,) * 4))),
+    Row("ckpt-unknown-arch", export(), 2, "is foreign: its architecture 'resnet50'",
+        _checkpoint(lambda p: p.update(arch="resnet50"))),
+    Row("ckpt-unsafe", export(), 2, "is unsafe or foreign: it holds a print", _unsafe_checkpoint),
+    Row("ckpt-truncated", export(), 2, "is truncated or corrupt",
+        _write("bad.pt", lambda ws: (ws.root / "ckpt.pt").read_bytes()[:3000])),
+    Row("ckpt-not-rtk", export("{ws}/file"), 2, "is truncated or corrupt"),
+    # rtk predict: images that would take the machine's memory or never end, and bad models
+    Row("predict-top-k", predict("--top-k", "0"), 2, "--top-k must be at least 1"),
+    Row("predict-bomb", predict(image="{ws}/bomb.png"), 2, "is 9000x9000 pixels, over",
+        _write("bomb.png", _forged_png(9000, 9000))),
+    Row("predict-pillow-bomb", predict(image="{ws}/bomb.png"), 2, "too many pixels for Pillow",
+        _write("bomb.png", _forged_png(100_000, 100_000))),
+    Row("predict-huge-file", predict(image="{ws}/huge.jpg"), 2, "is 65 MiB, over", _huge_file),
+    Row("predict-fifo", predict(image="{ws}/pipe.png"), 2, "is not a regular file",
+        _fifo("pipe.png")),
+    Row("predict-bad-image", predict(image="{ws}/x.png"), 2, "cannot read image",
+        _write("x.png", lambda ws: b"\x89PNG broken")),
+    Row("predict-missing-image", predict(image="{ws}/nope.jpg"), 2, "does not exist"),
+    Row("predict-corrupt-onnx", predict(model="{ws}/bad.onnx"), 2, "ONNX Runtime cannot load",
+        _write("bad.onnx", lambda ws: (ws.root / "model.onnx").read_bytes()[:40])),
+    Row("predict-wrong-input", predict(model="{ws}/bad.onnx"), 2, "takes 1-channel input",
+        lambda ws: _bare_model(ws.root / "bad.onnx", channels=1)),
+    Row("predict-bad-mean", predict("--mean", "a,b,c"), 2, "expected numbers separated by comma"),
+    Row("predict-short-std", predict("--std", "1,1"), 2, "--mean and --std take 3 values"),
+    Row("predict-cuda", predict("--provider", "cuda"), 2, "asked for cuda", marks=(NO_CUDA,)),
+    # reports: the accuracy gate (exit 1 when missed), and plots into a folder nobody can create
+    Row("min-accuracy-percent", report("classification", "--min-accuracy", "85"), 2,
+        "--min-accuracy is a fraction in [0, 1]"),
+    Row("min-accuracy-nan", report("classification", "--min-accuracy", "nan"), 2,
+        "--min-accuracy is a fraction in [0, 1]"),
+    Row("min-accuracy-missed", report("classification", "--min-accuracy", "0.99"), 1,
+        "is below the required 0.9900 (--min-accuracy)"),
+    Row("report-plot-unwritable", report("confusion", "--plot", "{ws}/file/c.png"), 2,
+        "cannot write"),
+    Row("export-out-unwritable", export("{ws}/ckpt.pt", "--out", "{ws}/file/onnx"), 2,
+        "cannot write", marks=_another_changes(
+            "exporters/convert.py unlinks {out}/NAME.fp16.onnx before its atomic write: "
+            "NotADirectoryError, an internal error")),
+    # rtk bench
+    Row("bench-seconds", ["bench", "baseline-cnn", "--seconds", "0", "--runs", "{ws}/runs"], 2,
+        "--seconds positive"),
+    Row("bench-seconds-nan", ["bench", "baseline-cnn", "--seconds", "nan", "--runs", "{ws}/runs"],
+        2, "--seconds", marks=_another_changes(
+            "toolkit/cli/bench.py checks `seconds <= 0`, which NaN passes")),
+]
+# fmt: on
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``root`` with its type, size and mtime; lstat only, so a FIFO in the
+    workspace is never opened."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            info = os.lstat(Path(folder) / name)
+            size = info.st_size if stat.S_ISREG(info.st_mode) else 0
+            found[str(Path(folder, name).relative_to(root))] = (
+                stat.S_IFMT(info.st_mode), size, info.st_mtime_ns
+            )  # fmt: skip
+    return found
+
+
+def _timeout(signum: int, frame: object) -> None:
+    raise TimeoutError(f"rtk still runs after {HANG_S} s (waiting on a FIFO?)")
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=r.marks) for r in ROWS])
+def test_bad_input_is_one_line_and_changes_nothing(
+    row: Row, imagefolder: Path, tiny_data: TinyData, tmp_path: Path
+):
+    ws = Workspace(tmp_path, tiny_data)
+    assert imagefolder == ws.data
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "file").write_text("a regular file where a folder is expected\n")
+    save_checkpoint(tmp_path / "ckpt.pt", initial_checkpoint("baseline-cnn", list(CLASSES)))
+    _bare_model(tmp_path / "model.onnx")
+    if row.setup is not None:
+        row.setup(ws)
+    paths = {"ws": str(tmp_path), "data": str(ws.data), "image": str(ws.image)}
+    args = [arg.format(**paths) for arg in row.args]
+    before = _snapshot(tmp_path)
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(HANG_S)
+    try:
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    stderr = result.stderr.strip()
+    assert result.exit_code == row.code, stderr or result.stdout
+    assert row.phrase in stderr, stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    assert "Traceback" not in stderr + result.stdout and "internal error" not in stderr
+    assert "weights_only" not in stderr
+    assert _snapshot(tmp_path) == before, "the bad input changed files on disk"
