@@ -173,3 +173,10 @@ def test_min_accuracy_gate(imagefolder: Path, tmp_path: Path):
         f"gate failed: accuracy {accuracy:.4f} is below the required 1.0000 (--min-accuracy) "
         f"for {checkpoint}"
     ]
+
+
+def test_the_cli_loads_without_torch_so_help_is_instant():
+    """Help and bad-flag errors come before any heavy import; commands import what they use."""
+    code = "import sys, toolkit.cli.app; print(sorted({'torch', 'onnxruntime'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

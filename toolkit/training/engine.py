@@ -189,10 +189,8 @@ class Trainer:
         self.dataset = dataset
         device_type = resolve_device(config.device)
         self.world = distributed.init_world(device_type)
-        if resume:
+        if resume:  # a wrong --resume path fails before anything is built
             self.rundir = RunDir.resumable(run_path)
-        else:  # only rank 0 writes; the others just know the path
-            self.rundir = RunDir.create(run_path) if self.world.is_main else RunDir(run_path)
         self.device = distributed.device_for(self.world, device_type)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
@@ -215,6 +213,9 @@ class Trainer:
         self.net: nn.Module = torch.compile(wrapped) if config.compile else wrapped
 
         self.train_loader, self.val_loader, self.test_loader = self._loaders()
+        if not resume:  # after every check above: a refused run leaves no folder behind
+            # Only rank 0 writes; the others just know the path.
+            self.rundir = RunDir.create(run_path) if self.world.is_main else RunDir(run_path)
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler(
