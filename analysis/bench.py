@@ -149,11 +149,12 @@ def _from_onnx(path: Path, fill: tuple[int, ...] | None, name: str | None = None
 def _fresh_export(arch: Architecture, workdir: Path) -> Path:
     """``rtk export`` of a freshly initialised model: the same validated path as any export."""
     from exporters.convert import export_onnx
-    from toolkit.training import initial_checkpoint, save_checkpoint
+    from toolkit.training import RunDir, initial_checkpoint
 
     run = workdir / arch.name
+    run.mkdir(parents=True, exist_ok=True)
     classes = [f"class {i}" for i in range(arch.build().fc.out_features)]
-    save_checkpoint(run / "best.pt", initial_checkpoint(arch.name, classes))
+    RunDir(run).save_best(initial_checkpoint(arch.name, classes))
     (result,) = export_onnx(run, dataset=None, parity_images=FRESH_PARITY_IMAGES)
     return result.onnx_path
 

@@ -90,10 +90,7 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
     else:
         from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
 
-        checkpoint = source / "best.pt" if source.is_dir() else source
-        if source.is_dir() and not checkpoint.is_file():
-            raise SourceError(f"{source} holds no best.pt; is it a finished rtk run?")
-        payload = load_checkpoint(checkpoint)
+        payload = RunDir.open(source).load_best() if source.is_dir() else load_checkpoint(source)
         classes = list(payload["classes"])
         _check_classes(classes, dataset, source)
         # A finished run kept the predictions of its own test pass: the same weights, the

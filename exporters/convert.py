@@ -25,8 +25,9 @@ from exporters.quantize import to_fp16, to_int8
 from exporters.validate import ParityReport, parity_inputs, validate_export
 from toolkit import __version__
 from toolkit.data import Dataset, Split
+from toolkit.errors import RtkError
 from toolkit.fileio import atomic_paths, remove_leftover_temps
-from toolkit.training import load_checkpoint, model_from_checkpoint
+from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
@@ -47,7 +48,7 @@ class ExportResult:
 
 def checkpoint_of(target: Path) -> Path:
     """A run directory stands for its ``best.pt``."""
-    return target / "best.pt" if target.is_dir() else target
+    return RunDir(target).best if target.is_dir() else target
 
 
 def file_sha256(path: Path) -> str:
@@ -77,10 +78,9 @@ def _metadata(payload: dict[str, Any], checkpoint: Path, precision: Precision) -
 
 def _test_acc(checkpoint: Path) -> float | None:
     """The run's test accuracy (metrics.json beside the checkpoint), when there is one."""
-    metrics = checkpoint.parent / "metrics.json"
     try:
-        return float(json.loads(metrics.read_text())["test_acc"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(RunDir(checkpoint.parent).read_metrics()["test_acc"])
+    except (RtkError, ValueError, TypeError):
         return None
 
 

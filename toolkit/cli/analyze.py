@@ -85,12 +85,12 @@ def params(
     """Total and trainable parameters, per stage, MACs, and the paper's figure."""
     from analysis.params import summarize
     from toolkit.models import architectures, get_architecture
-    from toolkit.training import load_checkpoint
+    from toolkit.training import RunDir
 
     archs = []
     for source in sources or []:
         path = Path(source)
-        name = load_checkpoint(path / "best.pt")["arch"] if path.is_dir() else source
+        name = RunDir.open(path).load_best()["arch"] if path.is_dir() else source
         archs.append(get_architecture(name))
     summaries = [summarize(a) for a in archs or architectures()]
     if as_json:

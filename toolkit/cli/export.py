@@ -11,7 +11,9 @@ from toolkit.cli.output import console, err_console, notice, print_json
 
 
 def _runs_with_checkpoints(runs: Path) -> list[Path]:
-    return sorted(p.parent for p in runs.glob("*/best.pt"))
+    from toolkit.training import RunDir
+
+    return sorted(p.parent for p in runs.glob(f"*/{RunDir.BEST}"))
 
 
 def export(

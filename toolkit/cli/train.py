@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from toolkit.cli.output import console, err_console, notice, print_json
+from toolkit.config import RECIPES, TrainConfig
 
 
 class RichObserver:
@@ -72,6 +73,22 @@ def _run_path(out: Path, name: str | None, arch: str) -> Path:
     return out / (name or default_run_name(arch))
 
 
+def _default(setting: str) -> str:
+    """A setting's default for the help text, read from ``TrainConfig`` and ``RECIPES``: one
+    value, or each recipe's where they differ."""
+    values = {name: RECIPES[name].get(setting, getattr(TrainConfig, setting)) for name in RECIPES}
+    if setting == "recipe":
+        values = {"": TrainConfig.recipe}
+
+    def shown(value: object) -> str:
+        return ("yes" if value else "no") if isinstance(value, bool) else str(value)
+
+    # "\\[": a literal bracket, not Rich markup, in Typer's help.
+    if len(set(map(str, values.values()))) == 1:
+        return f"\\[{shown(next(iter(values.values())))}]"
+    return "\\[" + ", ".join(f"{name} {shown(v)}" for name, v in values.items()) + "]"
+
+
 def _launch_torchrun(nproc: int, run_path: Path) -> int:
     """Re-run this command under torchrun with ``nproc`` processes on this machine.
 
@@ -115,34 +132,63 @@ def train(
     recipe: str | None = typer.Option(
         None,
         help="paper (Adam, plateau, early stop), sgd (the seeds' SGD) or fast (per-step "
-        "schedule, for a CPU budget) [paper].",
+        f"schedule, for a CPU budget) {_default('recipe')}.",
     ),
-    epochs: int | None = typer.Option(None, help="Maximum epochs [recipe]."),
-    batch_size: int | None = typer.Option(None, help="Batch size per process [recipe: 64]."),
-    lr: float | None = typer.Option(None, help="Initial learning rate [recipe]."),
-    momentum: float | None = typer.Option(None, help="SGD momentum [0.9]."),
-    weight_decay: float | None = typer.Option(None, help="Weight decay [0]."),
+    epochs: int | None = typer.Option(None, help=f"Maximum epochs {_default('epochs')}."),
+    batch_size: int | None = typer.Option(
+        None, help=f"Batch size per process {_default('batch_size')}."
+    ),
+    lr: float | None = typer.Option(None, help=f"Initial learning rate {_default('lr')}."),
+    momentum: float | None = typer.Option(None, help=f"SGD momentum {_default('momentum')}."),
+    weight_decay: float | None = typer.Option(
+        None, help=f"Weight decay {_default('weight_decay')}."
+    ),
     patience: int | None = typer.Option(
-        None, help="Early-stopping patience in epochs, 0 = off [recipe]."
+        None, help=f"Early-stopping patience in epochs, 0 = off {_default('patience')}."
     ),
-    plateau_patience: int | None = typer.Option(None, help="ReduceLROnPlateau patience [3]."),
-    plateau_factor: float | None = typer.Option(None, help="ReduceLROnPlateau factor [0.2]."),
-    dropout: float | None = typer.Option(None, help="Dropout before the classifier [0.5]."),
-    label_smoothing: float | None = typer.Option(None, help="Label smoothing [recipe]."),
+    plateau_patience: int | None = typer.Option(
+        None, help=f"ReduceLROnPlateau patience {_default('plateau_patience')}."
+    ),
+    plateau_factor: float | None = typer.Option(
+        None, help=f"ReduceLROnPlateau factor {_default('plateau_factor')}."
+    ),
+    dropout: float | None = typer.Option(
+        None, help=f"Dropout before the classifier {_default('dropout')}."
+    ),
+    label_smoothing: float | None = typer.Option(
+        None, help=f"Label smoothing {_default('label_smoothing')}."
+    ),
     warmup_frac: float | None = typer.Option(
-        None, help="Warm-up share of all steps, per-step schedules [recipe]."
+        None, help=f"Warm-up share of all steps, per-step schedules {_default('warmup_frac')}."
     ),
     tta: bool | None = typer.Option(
-        None, help="Also report test accuracy with flip test-time augmentation [recipe]."
+        None, help=f"Also report flip test-time-augmentation accuracy {_default('tta')}."
     ),
-    translate: int | None = typer.Option(None, help="Random shift in pixels, 0 = off [0]."),
-    seed: int | None = typer.Option(None, help="Seed of weights, order, augmentation [0]."),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda [auto]."),
-    channels_last: bool | None = typer.Option(None, help="channels_last memory format [yes]."),
-    compile_model: bool | None = typer.Option(None, "--compile", help="torch.compile the model."),
-    amp: bool | None = typer.Option(None, help="Mixed precision (CUDA only: bf16, else fp16)."),
+    zero_init_residual: bool | None = typer.Option(
+        None,
+        help="Start each residual block as its shortcut (last BN scale 0) "
+        f"{_default('zero_init_residual')}.",
+    ),
+    translate: int | None = typer.Option(
+        None, help=f"Random shift in pixels, 0 = off {_default('translate')}."
+    ),
+    seed: int | None = typer.Option(
+        None, help=f"Seed of weights, order, augmentation {_default('seed')}."
+    ),
+    device: str | None = typer.Option(None, help=f"auto, cpu or cuda {_default('device')}."),
+    channels_last: bool | None = typer.Option(
+        None, help=f"channels_last memory format {_default('channels_last')}."
+    ),
+    compile_model: bool | None = typer.Option(
+        None, "--compile", help=f"torch.compile the model {_default('compile')}."
+    ),
+    amp: bool | None = typer.Option(
+        None, help=f"Mixed precision (CUDA only: bf16, else fp16) {_default('amp')}."
+    ),
     train_subset: int | None = typer.Option(None, help="Train on N images, for quick runs."),
-    val_size: int | None = typer.Option(None, help="Training images held out [5000]."),
+    val_size: int | None = typer.Option(
+        None, help=f"Training images held out {_default('val_size')}."
+    ),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
     out: Path = typer.Option(Path("runs"), help="Parent folder of run directories."),
     name: str | None = typer.Option(None, help="Run directory name [ARCH-DATE-TIME]."),
@@ -178,6 +224,7 @@ def train(
         "label_smoothing": label_smoothing,
         "warmup_frac": warmup_frac,
         "tta": tta,
+        "zero_init_residual": zero_init_residual,
         "translate": translate,
         "seed": seed,
         "device": device,
@@ -192,7 +239,12 @@ def train(
     if nproc > 1:
         if len(names) != 1:
             raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
-        make_config(names[0], recipe or "paper", **overrides)  # refused once, before torchrun
+        config = make_config(names[0], recipe or "paper", **overrides)  # once, before torchrun
+        from toolkit.training import resolve_device
+        from toolkit.training.distributed import check_gpus
+
+        if resolve_device(config.device) == "cuda":
+            check_gpus(nproc)  # "invalid device ordinal" in a rank otherwise
         raise typer.Exit(_launch_torchrun(nproc, _run_path(out, name, names[0])))
 
     from toolkit.data import load_dataset
