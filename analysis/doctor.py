@@ -366,7 +366,7 @@ def data_checks() -> list[Check]:
     if origin == "download":
         data = Check(
             "data",
-            "data",
+            "data path",
             "missing",
             f"none found (RTK_DATA unset, {path} empty): rtk would download CIFAR-10 into {path}",
         )
@@ -374,9 +374,11 @@ def data_checks() -> list[Check]:
         try:
             source = detect(path, origin=origin)
         except DataError as exc:
-            data = Check("data", "data", "failed", str(exc))
+            data = Check("data", "data path", "failed", str(exc))
         else:
-            data = Check("data", "data", "ok", f"{source.path} ({source.format}, from {origin})")
+            data = Check(
+                "data", "data path", "ok", f"{source.path} ({source.format}, from {origin})"
+            )
     directory = default_cache_dir()
     if not directory.is_dir():
         writable = next((p for p in directory.parents if p.is_dir()), None)

@@ -8,12 +8,13 @@ asked for, quoting ORT's own reason from the log it wrote while the session was 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -173,7 +174,10 @@ def probe_provider(provider: str) -> ProviderProbe:
         return ProviderProbe(provider, False, None, False, "not in this ONNX Runtime build")
     x = np.linspace(-2.0, 2.0, 8, dtype=np.float32).reshape(1, 8)
     running: str | None = None
-    with _captured_output() as log:
+    # ORT's Python wrapper print()s its fallback ("EP Error ... Falling back"): where
+    # sys.stdout is not file descriptor 1 (pytest, CliRunner) only this redirect catches it.
+    printed = io.StringIO()
+    with _captured_output() as log, redirect_stdout(printed), redirect_stderr(printed):
         if provider != PROVIDERS["cpu"] and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # as create_session does: finds CUDA/cuDNN from nvidia-* wheels
         try:
@@ -184,6 +188,7 @@ def probe_provider(provider: str) -> ProviderProbe:
             failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         else:
             failure = None
+    log += printed.getvalue().splitlines()
     if failure is not None:
         return ProviderProbe(provider, True, running, False, failure)
     if running != provider:
