@@ -240,8 +240,8 @@ def torch_checks() -> list[Check]:
 
 # --- ONNX Runtime and TensorRT ---------------------------------------------------------------
 
-# The TensorRT libraries the ORT provider links against, read from it with ldd.
-_TRT_LIB = re.compile(r"\b(lib(?:nvinfer|nvonnxparser)\w*\.so[.\d]*)")
+# The TensorRT libraries the ORT provider links against, by soname (ldd's first column).
+_TRT_LIB = re.compile(r"lib(?:nvinfer|nvonnxparser)\w*\.so[.\d]*")
 
 
 def _tensorrt_check(ort: Any) -> Check:
@@ -259,7 +259,10 @@ def _tensorrt_check(ort: Any) -> Check:
         listing = subprocess.run(
             [ldd, str(provider_lib)], capture_output=True, text=True, timeout=20
         ).stdout
-    needed = sorted(set(_TRT_LIB.findall(listing)))
+    # "libnvinfer.so.10 => not found" or "=> /path/libnvinfer.so.10.x.y (0x...)": the soname
+    # is what the loader looks up, whatever file it resolves to.
+    sonames = (line.split()[0] for line in listing.splitlines() if line.strip())
+    needed = sorted({name for name in sonames if _TRT_LIB.fullmatch(name)})
     if not needed:
         return Check(
             "onnxruntime", "TensorRT libraries", "failed", f"cannot read what {provider_lib} needs"

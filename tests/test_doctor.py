@@ -68,6 +68,10 @@ def test_without_a_gpu_the_cuda_rows_say_so(report: DoctorReport):
         assert "gave no reason" not in cuda.detail
     else:
         assert cuda.status == "missing"
+    assert rows["ORT TensorrtExecutionProvider"].status != "ok"
+    tensorrt = rows["TensorRT libraries"]  # the sonames read from the provider with ldd
+    assert tensorrt.status == "missing"
+    assert "libnvinfer.so" in tensorrt.detail or "no TensorRT provider" in tensorrt.detail
 
 
 def test_a_provider_this_build_lacks_is_missing_not_an_error():
