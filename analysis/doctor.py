@@ -113,8 +113,8 @@ def cpu_checks() -> list[Check]:
         )
         checks.append(Check("cpu", "AVX-512", "ok", f"yes ({have})"))
     else:
-        vnni = "; AVX-VNNI yes" if "avx_vnni" in flags else "; no VNNI: INT8 gains less"
-        checks.append(Check("cpu", "AVX-512", "missing", f"no{vnni}"))
+        vnni = "AVX-VNNI yes" if "avx_vnni" in flags else "no VNNI either: INT8 gains less"
+        checks.append(Check("cpu", "AVX-512", "missing", f"no ({vnni})"))
     omp = os.environ.get("OMP_NUM_THREADS", "unset")
     checks.append(
         Check(
