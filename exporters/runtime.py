@@ -8,12 +8,13 @@ asked for, quoting ORT's own reason from the log it wrote while the session was 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -134,3 +135,71 @@ def create_session(
         intra_op_threads=threads,
     )
     return session, info
+
+
+@dataclass(frozen=True)
+class ProviderProbe:
+    """One ONNX Runtime provider tried for real on a one-node model (``rtk doctor``)."""
+
+    provider: str  # ORT's name, e.g. CUDAExecutionProvider
+    listed: bool  # in this build's get_available_providers()
+    running: str | None  # the provider that took the node (get_providers()[0]), if a session opened
+    ran: bool  # took the node, ran it and gave the right answer
+    reason: str  # why not, in ORT's own words where it gave any
+
+
+# ORT's warning when a provider loaded but left some nodes to the CPU (see docs/environment.md).
+_PARTIAL = "Some nodes were not assigned to the preferred execution providers"
+
+
+def _relu_model() -> bytes:
+    """A one-node Relu graph on a fixed (1, 8) float input: every provider has the kernel,
+    and a static shape spares TensorRT its dynamic-shape profiles."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    # Opset 13 and IR 8: old enough for any ONNX Runtime rtk supports.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return model.SerializeToString()
+
+
+def probe_provider(provider: str) -> ProviderProbe:
+    """Open a session on ``provider`` alone (any ORT name), run it, and say whether that
+    provider really ran the node. Unlike ``create_session`` it never raises: a provider that
+    fails to load, falls back to the CPU or computes a wrong answer is a finding."""
+    import numpy as np
+    import onnxruntime as ort
+
+    listed = provider in ort.get_available_providers()
+    if not listed:
+        return ProviderProbe(provider, False, None, False, "not in this ONNX Runtime build")
+    x = np.linspace(-2.0, 2.0, 8, dtype=np.float32).reshape(1, 8)
+    running: str | None = None
+    # ORT's Python wrapper print()s its fallback ("EP Error ... Falling back"): where
+    # sys.stdout is not file descriptor 1 (pytest, CliRunner) only this redirect catches it.
+    printed = io.StringIO()
+    with _captured_output() as log, redirect_stdout(printed), redirect_stderr(printed):
+        if provider != PROVIDERS["cpu"] and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # as create_session does: finds CUDA/cuDNN from nvidia-* wheels
+        try:
+            session = ort.InferenceSession(_relu_model(), providers=[provider])
+            running = session.get_providers()[0]
+            y = session.run(None, {"x": x})[0] if running == provider else None
+        except Exception as exc:  # ORT raises its own Fail/RuntimeException types
+            failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        else:
+            failure = None
+    log += printed.getvalue().splitlines()
+    if failure is not None:
+        return ProviderProbe(provider, True, running, False, failure)
+    if running != provider:
+        return ProviderProbe(
+            provider, True, running, False, f"fell back to {running}: {_reason(log)}"
+        )
+    if any(_PARTIAL in line for line in log):
+        return ProviderProbe(provider, True, running, False, f"{_PARTIAL} (the CPU ran the node)")
+    if not np.array_equal(y, np.maximum(x, 0)):
+        return ProviderProbe(provider, True, running, False, "ran, but gave a wrong Relu result")
+    return ProviderProbe(provider, True, running, True, "")

@@ -15,6 +15,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def has_display() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def find_browser() -> webbrowser.BaseBrowser | None:
+    """The browser ``rtk view`` opens: none without a display, else the one Python's
+    ``webbrowser`` picks (``$BROWSER`` first); ``rtk doctor`` reports the same answer."""
+    if not has_display():
+        return None
+    try:
+        return webbrowser.get()
+    except webbrowser.Error:
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -87,10 +99,9 @@ def serve(model: Path, *, host: str = "127.0.0.1", port: int | None = None, brow
     bound_host, bound_port = address
     url = f"http://{bound_host}:{bound_port}"
     opened = False
-    if browse and has_display():
-        import webbrowser
-
-        opened = webbrowser.open(url)
+    browser = find_browser() if browse else None
+    if browser is not None:
+        opened = browser.open(url)
     return Served(
         url=url,
         host=bound_host,

@@ -19,6 +19,7 @@ from toolkit import __version__
 from toolkit.cli import analyze as analyze_cmd
 from toolkit.cli import bench as bench_cmd
 from toolkit.cli import data as data_cmd
+from toolkit.cli import doctor as doctor_cmd
 from toolkit.cli import export as export_cmd
 from toolkit.cli import models as models_cmd
 from toolkit.cli import reproduce as reproduce_cmd
@@ -100,6 +101,7 @@ app.command("predict")(export_cmd.predict)
 app.command("view")(export_cmd.view)
 app.add_typer(bench_cmd.app, name="bench")
 app.command("reproduce")(reproduce_cmd.reproduce)
+app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(analyze_cmd.analyze_app, name="analyze")
 app.add_typer(analyze_cmd.report_app, name="report")

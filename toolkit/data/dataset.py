@@ -89,6 +89,22 @@ def default_cache_dir() -> Path:
     return Path(base) / "rtk"
 
 
+def cache_file_for(source: DataSource, cache_dir: Path | None = None) -> Path:
+    """The one cache file of ``source``, named by its format and path."""
+    key = hashlib.sha256(f"{source.format}:{source.path}".encode()).hexdigest()[:16]
+    return (cache_dir or default_cache_dir()) / f"{CACHE_PREFIX}{key}.pt"
+
+
+def cache_files(directory: Path) -> list[Path]:
+    """The files rtk wrote in ``directory`` (caches and a killed writer's temporaries), and
+    no other: the directory may be shared."""
+    return [
+        path
+        for path in sorted(directory.glob(f"*{CACHE_PREFIX}*"))
+        if _CACHE_NAME.fullmatch(path.name)
+    ]
+
+
 def load_dataset(
     data: Path | None = None,
     *,
@@ -103,8 +119,7 @@ def load_dataset(
     """
     start = time.perf_counter()
     source = sources.locate(data, announce=announce)
-    key = hashlib.sha256(f"{source.format}:{source.path}".encode()).hexdigest()[:16]
-    cache_file = (cache_dir or default_cache_dir()) / f"{CACHE_PREFIX}{key}.pt"
+    cache_file = cache_file_for(source, cache_dir)
     stamp = sources.fingerprint(source)
     raw = _read_cache(cache_file, stamp)
     from_cache = raw is not None
@@ -136,9 +151,7 @@ def clear_cache(cache_dir: Path | None = None) -> CacheCleanup:
     directory = cache_dir or default_cache_dir()
     removed: list[Path] = []
     freed = 0
-    for path in sorted(directory.glob(f"*{CACHE_PREFIX}*")):
-        if not _CACHE_NAME.fullmatch(path.name):
-            continue
+    for path in cache_files(directory):
         try:
             size = path.stat().st_size
             path.unlink()

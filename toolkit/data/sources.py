@@ -61,15 +61,27 @@ def locate(
     announce: Callable[[str], None] | None = None,
 ) -> DataSource:
     """Find the dataset: ``data``, then ``$RTK_DATA``, then ``./data``, then a download there."""
+    path, origin = lookup(data, env=env, cwd=cwd)
+    if origin == "download":
+        return download(path, announce=announce)
+    return detect(path, origin=origin)
+
+
+def lookup(
+    data: Path | None, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[Path, str]:
+    """Where ``locate`` looks and why, without reading or downloading anything: the path and
+    its origin (``--data``, ``RTK_DATA``, ``./data``, or ``download`` when nothing is there
+    and ``./data`` is where the download would go). ``rtk doctor`` reports it as is."""
     env = dict(os.environ) if env is None else env
     if data is not None:
-        return detect(Path(data), origin="--data")
+        return Path(data), "--data"
     if env.get("RTK_DATA"):
-        return detect(Path(env["RTK_DATA"]), origin="RTK_DATA")
+        return Path(env["RTK_DATA"]), "RTK_DATA"
     local = (cwd or Path.cwd()) / "data"
     if local.is_dir() and any(local.iterdir()):
-        return detect(local, origin="./data")
-    return download(local, announce=announce)
+        return local, "./data"
+    return local, "download"
 
 
 def detect(path: Path, *, origin: str = "the data path") -> DataSource:
