@@ -30,7 +30,7 @@ from tests.conftest import CLASSES, TinyData, default_sigint, write_imagefolder
 from toolkit.cli import app
 from toolkit.data import Dataset, load_dataset
 from toolkit.models import architecture_names
-from toolkit.training import initial_checkpoint, save_checkpoint
+from toolkit.training import RunDir, TrainResult, initial_checkpoint, save_checkpoint
 
 PARITY = 50  # the tiny test split's size
 
@@ -46,7 +46,12 @@ def write_checkpoint(folder: Path, arch_name: str) -> Path:
     payload["epoch"], payload["metrics"] = 1, {"val_acc": 0.1}
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "best.pt", payload)
-    (folder / "metrics.json").write_text(json.dumps({"test_acc": 0.125}))
+    RunDir(folder).write_metrics(
+        TrainResult(
+            run_dir=folder, arch=arch_name, best_epoch=1, epochs_run=1, stopped_early=False,
+            test_loss=2.3, test_acc=0.125, train_s=1.0, device="cpu", test_images=80, history=[],
+        )
+    )  # fmt: skip
     return folder
 
 
