@@ -7,7 +7,7 @@ and the rule that turned them into the verdict. Nothing here assumes the paper i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from analysis.gradients import GradientProfile
 from analysis.latency import BenchRow
@@ -20,11 +20,18 @@ SIMILAR_LATENCY = 2.0  # claim 5(iii) holds if the slowest model is within 2x of
 MODEST_MEMORY = 1.10  # claim 5(i) holds if skips add at most 10% training activation memory
 
 
+Judgement = Literal["supported", "not supported", "not measured"]
+
+
 @dataclass(frozen=True)
 class Verdict:
     claim: str
-    verdict: str  # "supported", "not supported", "not measured"
+    verdict: Judgement
     evidence: str
+
+
+def _judge(holds: bool) -> Judgement:
+    return "supported" if holds else "not supported"
 
 
 def _acc(rows: list[CompareRow]) -> dict[str, float]:
@@ -48,7 +55,7 @@ def accuracy_claim(rows: list[CompareRow]) -> Verdict:
         + " > ".join(f"{a} {acc[a]:.1%}" for a in ranked)
         + "; rule: the paper's ranking and a positive gap"
     )
-    return Verdict(claim, "supported" if holds else "not supported", evidence)
+    return Verdict(claim, _judge(holds), evidence)
 
 
 def convergence_claim(histories: dict[str, list[dict[str, Any]]]) -> Verdict:
@@ -68,7 +75,7 @@ def convergence_claim(histories: dict[str, list[dict[str, Any]]]) -> Verdict:
         parts.append(f"{residual} ahead of {plain} in {ahead}/{common} epochs")
     if not total:
         return Verdict(claim, "not measured", "needs a residual run and its plain counterpart")
-    verdict = "supported" if wins > total / 2 else "not supported"
+    verdict = _judge(wins > total / 2)
     return Verdict(claim, verdict, "; ".join(parts) + "; rule: ahead in most shared epochs")
 
 
@@ -96,7 +103,7 @@ def gradient_claim(profiles: dict[str, GradientProfile]) -> Verdict:
         f"({skip.at} weights); "
         + "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks.items())
     )
-    return Verdict(claim, "supported" if all(checks.values()) else "not supported", evidence)
+    return Verdict(claim, _judge(all(checks.values())), evidence)
 
 
 def ablation_claim(rows: list[CompareRow], profiles: dict[str, GradientProfile]) -> Verdict:
@@ -119,7 +126,7 @@ def ablation_claim(rows: list[CompareRow], profiles: dict[str, GradientProfile])
         f"accuracy {acc['resnet18-noskip']:.1%} without skips vs {acc['resnet18']:.1%} with; "
         f"first-layer gradient RMS {plain_first:.3g} vs {skip_first:.3g}"
     )
-    return Verdict(claim, "supported" if lower_acc and lower_flow else "not supported", evidence)
+    return Verdict(claim, _judge(lower_acc and lower_flow), evidence)
 
 
 def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any]]]) -> Verdict:
@@ -132,7 +139,7 @@ def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any
         return Verdict(claim, "not measured", "needs both ResNet-18 runs")
     a, b = by["resnet18"], by["resnet18-noskip"]
     if a.stopped_early or b.stopped_early:
-        verdict = "supported" if a.epochs < b.epochs else "not supported"
+        verdict = _judge(a.epochs < b.epochs)
         return Verdict(claim, verdict, f"ResNet-18 ran {a.epochs} epochs, no-skip {b.epochs}")
     skip = [r["val_acc"] for r in histories.get("resnet18", [])]
     plain = [r["val_acc"] for r in histories.get("resnet18-noskip", [])]
@@ -154,7 +161,7 @@ def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any
         )
         + "; rule: reached in fewer epochs"
     )
-    verdict = "supported" if reached is not None and reached < len(plain) else "not supported"
+    verdict = _judge(reached is not None and reached < len(plain))
     return Verdict(claim, verdict, evidence)
 
 
@@ -166,7 +173,7 @@ def memory_claim(results: list[TrainStepResult]) -> Verdict:
         return Verdict(claim, "not measured", "bench resnet18 and resnet18-noskip together")
     skip, plain = by_arch["resnet18"], by_arch["resnet18-noskip"]
     ratio = skip.memory_mb / plain.memory_mb
-    verdict = "supported" if ratio <= MODEST_MEMORY else "not supported"
+    verdict = _judge(ratio <= MODEST_MEMORY)
     evidence = (
         f"resnet18 {skip.memory_mb:.1f} MiB vs resnet18-noskip {plain.memory_mb:.1f} MiB "
         f"= {ratio:.3f}x at batch {skip.batch} ({skip.memory_method}; modest means "
@@ -196,7 +203,7 @@ def latency_claim(rows: list[BenchRow], provider: str) -> Verdict:
             f"batch {batch}: {slow} {means[slow]:.2f} ms / {fast} {means[fast]:.2f} ms "
             f"= {ratio:.1f}x"
         )
-    verdict = "supported" if worst <= SIMILAR_LATENCY else "not supported"
+    verdict = _judge(worst <= SIMILAR_LATENCY)
     return Verdict(
         claim,
         verdict,
