@@ -180,3 +180,23 @@ def test_the_cli_loads_without_torch_so_help_is_instant():
     code = "import sys, toolkit.cli.app; print(sorted({'torch', 'onnxruntime'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_full_disk_while_writing_a_plot_is_one_line(imagefolder: Path, tmp_path: Path,
+                                                     monkeypatch):  # fmt: skip
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def full_disk(self: Figure, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    save_checkpoint(tmp_path / "ckpt.pt", initial_checkpoint("baseline-cnn", list(CLASSES)))
+    plot = tmp_path / "confusion.png"
+    result = rtk("report", "confusion", str(tmp_path / "ckpt.pt"), "--data", str(imagefolder),
+                 "--plot", str(plot))  # fmt: skip
+    assert result.exit_code == 2
+    assert "No space left on device" in result.stderr and "free disk space" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not plot.exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file went too

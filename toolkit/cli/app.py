@@ -48,6 +48,16 @@ class RtkGroup(TyperGroup):
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, typer.BadParameter, typer.TyperException):
             raise
+        except OSError as exc:  # the file system refused (full disk, permissions): not a bug
+            if _debug():
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            err_console.print(
+                f"[bold red]error:[/] {exc.strerror or exc}{where}; check the path, its "
+                "permissions and the free disk space",
+                soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
         except Exception as exc:  # a bug in rtk: one line, the traceback on request
             if _debug() or type(exc).__module__.startswith(("click", "typer")):
                 raise
