@@ -234,6 +234,9 @@ def test_two_process_ddp_run(imagefolder: Path, tmp_path: Path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["world_size"] == 2 and config["effective_batch_size"] == 2 * 16
     assert not (tmp_path / "run-rank1").exists()
+    # Each rank its own dropout stream, each kept in last.pt for its own resume.
+    ranks = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["rng"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
     # And the CLI's own launcher: `rtk train --nproc 2`.
     args = ["train", "baseline-cnn", "--nproc", "2", "--epochs", "1", "--val-size", "50"]
     cli = _rtk(*args, "--data", str(imagefolder), "--out", str(tmp_path), "--name", "cli")
