@@ -238,7 +238,18 @@ def test_two_process_ddp_run(imagefolder: Path, tmp_path: Path):
     ranks = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["rng"]["ranks"]
     assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
     # And the CLI's own launcher: `rtk train --nproc 2`.
-    args = ["train", "baseline-cnn", "--nproc", "2", "--epochs", "1", "--val-size", "50"]
+    args = [
+        "train",
+        "baseline-cnn",
+        "--nproc",
+        "2",
+        "--epochs",
+        "1",
+        "--val-size",
+        "50",
+        "--device",
+        "cpu",
+    ]  # gloo here; a GPU host with one GPU would refuse 2 ranks
     cli = _rtk(*args, "--data", str(imagefolder), "--out", str(tmp_path), "--name", "cli")
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["world_size"] == 2
@@ -251,7 +262,18 @@ def test_resume_refuses_changed_settings_and_finished_runs(imagefolder: Path, tm
     from toolkit.cli import app
 
     data = ["--data", str(imagefolder)]
-    base = ["train", "baseline-cnn", "--epochs", "1", "--val-size", "50", "--quiet", *data]
+    base = [
+        "train",
+        "baseline-cnn",
+        "--epochs",
+        "1",
+        "--val-size",
+        "50",
+        "--quiet",
+        "--device",
+        "cpu",
+        *data,
+    ]
     runner = CliRunner()
     assert runner.invoke(app, [*base, "--out", str(tmp_path), "--name", "r"]).exit_code == 0
     run = str(tmp_path / "r")
