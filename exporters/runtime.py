@@ -20,7 +20,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -153,7 +153,6 @@ def execution_providers(
         "trt_int8_enable": flag[precision == "int8"],
     }
     if tensorrt_cache is not None:
-        tensorrt_cache.mkdir(parents=True, exist_ok=True)
         options |= {
             "trt_engine_cache_enable": "True",
             "trt_engine_cache_path": str(tensorrt_cache),
@@ -174,12 +173,38 @@ def create_session(
 ) -> tuple[InferenceSession, SessionInfo]:
     """An ``InferenceSession`` that runs on ``provider`` or raises; never a silent fallback.
     On cuda and tensorrt, a node left to the CPU raises too, unless ``allow_cpu_fallback``."""
-    import onnxruntime as ort
-
     if provider not in PROVIDERS:
         raise ProviderUnavailableError(
             f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}"
         )
+    providers = execution_providers(provider, precision=precision, tensorrt_cache=tensorrt_cache)
+    # TensorRT creates only the last folder of its cache path; a refused session leaves none.
+    made = _new_folders(tensorrt_cache) if provider == "tensorrt" and tensorrt_cache else []
+    try:
+        return _open_verified(model, provider, providers, threads, allow_cpu_fallback)
+    except RtkError:
+        for folder in reversed(made):
+            with suppress(OSError):  # not empty: TensorRT wrote to it after all
+                folder.rmdir()
+        raise
+
+
+def _new_folders(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; return those created, outermost first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _open_verified(
+    model: Path | bytes,
+    provider: Provider,
+    providers: list[ProviderEntry],
+    threads: int | None,
+    allow_cpu_fallback: bool,
+) -> tuple[InferenceSession, SessionInfo]:
+    import onnxruntime as ort
+
     wanted = PROVIDERS[provider]
     options = ort.SessionOptions()
     if threads is not None:
@@ -189,7 +214,6 @@ def create_session(
         # Verbose: the only log in which ORT names the provider of each node (captured below).
         options.log_severity_level = 0
     source = str(model) if isinstance(model, Path) else model
-    providers = execution_providers(provider, precision=precision, tensorrt_cache=tensorrt_cache)
     with _captured_output() as log:
         if provider != "cpu" and hasattr(ort, "preload_dlls"):
             # Lets ORT find CUDA/cuDNN libraries installed from PyPI (nvidia-* wheels).
@@ -222,8 +246,8 @@ def create_session(
         count = f"{cpu_nodes} of {sum(placements.values())} nodes" if cpu_nodes else "some nodes"
         raise ProviderUnavailableError(
             f"{provider}: ONNX Runtime runs {count} of this model on the CPU ({ops}), so no "
-            f"number would be a {provider} number; pass --allow-cpu-fallback to measure it "
-            "anyway (the rows then say so), or export the model with ops the provider supports"
+            f"result would be a {provider} result; `rtk bench --allow-cpu-fallback` measures it "
+            "anyway (the rows then say so), or use --provider cpu"
         )
     info = SessionInfo(
         provider=provider,

@@ -173,7 +173,8 @@ def _print_report(report: BenchReport) -> None:
         f"{'some nodes on the CPU, allowed: see the rows' if report.cpu_fallback else 'verified'})"
         f" | torch {m.torch_version} | {m.device} | threads: "
         f"{report.threads or 'default'} (torch {m.torch_threads})"
-        + (f" | inputs and outputs {data}" if gpu else "")
+        + (f" | inputs and outputs {data}" if gpu else ""),
+        soft_wrap=True,  # one line, as logs and greps read it
     )
     table = Table(title="Inference latency (ms per batch; warm-up excluded)")
     for column in ("model", "precision", "engine", "batch", "p50", "p90", "p99", "mean", "std"):
