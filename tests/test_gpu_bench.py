@@ -255,6 +255,9 @@ def test_gpu_rows_use_io_binding_by_default_and_say_so(gpu_ort, tmp_path: Path):
     result = _gpu_bench(tmp_path)
     assert result.exit_code == 0, result.output
     timed = gpu_ort.created[-1]  # the last session is the one timed
+    # Verbose for the placement check only: a verbose session would log on every timed run.
+    assert gpu_ort.created[-2].options.log_severity_level == 0
+    assert timed.options.log_severity_level == 2 and timed.providers == [CUDA]
     assert timed.bound_runs == 1 + 2 and timed.runs == 0  # warm-up + iters, all bound
     assert timed.binding.inputs == [(metadata.INPUT_NAME, ("on", "cuda"))]
     assert timed.binding.outputs == [("logits", "cuda")]
@@ -365,7 +368,7 @@ def test_tensorrt_caches_live_in_the_bench_folder_one_per_model_content(gpu_ort,
     assert paths == timing and len(paths) == 2  # same bytes, one folder: the second reuses it
     assert all(Path(p).parent == root and Path(p).is_dir() for p in paths)
     int8 = [s for s in gpu_ort.created if s.providers[0][1]["trt_int8_enable"] == "True"]
-    assert len(int8) == 2  # the int8 file's refusal check and its timed session
+    assert len(int8) == 4  # the int8 file's refusal check and its timing, each verified
 
 
 def test_bench_train_measures_activations_not_weights():
