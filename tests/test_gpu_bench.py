@@ -73,6 +73,7 @@ class FakeSession:
 
     def __init__(self, source, sess_options=None, providers=None):
         self.options, self.providers = sess_options, providers
+        self.log_level = sess_options.log_severity_level  # as ORT reads it, at creation
         self.runs = self.bound_runs = 0
         self.binding: FakeBinding | None = None
         log = placement_log(self.nodes, explicit=len(providers))
@@ -167,7 +168,7 @@ def test_a_cuda_session_with_nodes_on_the_cpu_is_refused_naming_them(gpu_ort, tm
     assert "(Gather, Shape)" in message and "--allow-cpu-fallback" in message
     session = gpu_ort.created[-1]
     assert session.providers == [CUDA]  # CUDA alone: ORT adds the CPU behind it by itself
-    assert session.options.log_severity_level == 0  # the only log that names placements
+    assert session.log_level == 0  # the only log that names placements
     # Allowed: the session opens, and its label never names CUDA alone.
     _, info = create_session(model, "cuda", allow_cpu_fallback=True)
     assert info.cpu_fallback and info.label == f"{CUDA}+{CPU}"
@@ -256,8 +257,8 @@ def test_gpu_rows_use_io_binding_by_default_and_say_so(gpu_ort, tmp_path: Path):
     assert result.exit_code == 0, result.output
     timed = gpu_ort.created[-1]  # the last session is the one timed
     # Verbose for the placement check only: a verbose session would log on every timed run.
-    assert gpu_ort.created[-2].options.log_severity_level == 0
-    assert timed.options.log_severity_level == 2 and timed.providers == [CUDA]
+    assert gpu_ort.created[-2].log_level == 0
+    assert timed.log_level == 2 and timed.providers == [CUDA]
     assert timed.bound_runs == 1 + 2 and timed.runs == 0  # warm-up + iters, all bound
     assert timed.binding.inputs == [(metadata.INPUT_NAME, ("on", "cuda"))]
     assert timed.binding.outputs == [("logits", "cuda")]
