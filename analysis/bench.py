@@ -34,7 +34,8 @@ from analysis.latency import (
 from analysis.params import count_macs
 from exporters import metadata
 from exporters.errors import ExportError
-from exporters.runtime import Provider, ProviderUnavailableError
+from exporters.quantize import tensorrt_qdq_problem
+from exporters.runtime import PROVIDERS, Provider, ProviderUnavailableError, SessionInfo
 from toolkit.errors import OutputError, RtkError, UnknownArchitectureError
 from toolkit.fileio import atomic_path
 from toolkit.models import Architecture, create_model, get_architecture
@@ -58,7 +59,10 @@ class BenchSettings:
     iters: int | None = None  # timed calls per batch size; None: as many as fit in seconds
     seconds: float | None = None  # timed seconds per batch size, when iters is None
     threads: int | None = None  # intra-op threads for ORT and PyTorch; None: their default
-    io_binding: bool = False  # CUDA: inputs and outputs stay on the device
+    # cuda/tensorrt: inputs and outputs stay on the device, as eager's do (ignored on the CPU)
+    io_binding: bool = True
+    allow_cpu_fallback: bool = False  # cuda/tensorrt: bench even if ORT left nodes to the CPU
+    tensorrt_cache: Path | None = None  # TensorRT engines and timing caches, one folder per model
     compare_torch: bool = True  # time PyTorch eager beside each fp32 model
     channels_last: bool = False  # PyTorch eager in channels_last
 
@@ -70,6 +74,8 @@ class BenchReport:
     provider: str  # as asked
     running: str  # the provider ORT ran, verified
     threads: int | None
+    io_binding: bool  # GPU rows timed with inputs and outputs on the device
+    cpu_fallback: bool  # some ORT rows ran nodes on the CPU (--allow-cpu-fallback; rows say which)
     fp32_ceiling_gflops: float | None
     rows: list[BenchRow]
     verdicts: list[Verdict]
@@ -207,9 +213,26 @@ def run_bench(
     provider, threads = settings.provider, settings.threads
     compare_torch, channels_last = settings.compare_torch, settings.channels_last
 
-    # Refuse an unavailable provider before anything is timed, so no CPU number is ever
-    # measured (let alone recorded) under a GPU label.
-    create_session(targets[0].onnx_path, provider, threads=threads)
+    io_binding = settings.io_binding and provider != "cpu"
+    caches = {t.onnx_path: _tensorrt_cache(t.onnx_path, settings) for t in targets}
+    # Refuse an unavailable provider (or a CPU fallback not allowed) before anything is timed,
+    # so no CPU number is ever measured (let alone recorded) under a GPU label.
+    for target in targets:
+        problem = tensorrt_qdq_problem(_load(target.onnx_path)) if provider == "tensorrt" else None
+        if problem is not None:
+            raise ProviderUnavailableError(
+                f"{target.onnx_path} is not quantized for TensorRT ({problem}); TensorRT takes "
+                "only symmetric signed int8 Q/DQ: export it with `rtk export RUN --onnx --int8 "
+                "--int8-for tensorrt`"
+            )
+        create_session(
+            target.onnx_path,
+            provider,
+            threads=threads,
+            precision=target.precision,
+            tensorrt_cache=caches[target.onnx_path],
+            allow_cpu_fallback=settings.allow_cpu_fallback,
+        )
     if provider != "cpu" and compare_torch and not torch.cuda.is_available():
         raise ProviderUnavailableError(
             f"ONNX Runtime runs {provider}, but PyTorch sees no CUDA for the eager comparison; "
@@ -220,6 +243,7 @@ def run_bench(
     device = "cuda" if provider in ("cuda", "tensorrt") else "cpu"
     rows: list[BenchRow] = []
     running = ""
+    cpu_fallback = False
     for target in targets:
         for batch in settings.batch_sizes:
             eager: LatencyStats | None = None
@@ -243,14 +267,18 @@ def run_bench(
                 warmup=settings.warmup,
                 iters=settings.iters,
                 seconds=settings.seconds,
-                io_binding=settings.io_binding,
+                io_binding=io_binding,
+                tensorrt_cache=caches[target.onnx_path],
+                allow_cpu_fallback=settings.allow_cpu_fallback,
             )
             running = info.running
+            cpu_fallback |= info.cpu_fallback
             speedup = eager.mean_ms / stats.mean_ms if eager is not None else None
             ort_row = BenchRow(
-                target.name, target.arch, target.precision, "onnxruntime", info.running, stats,
+                target.name, target.arch, target.precision, "onnxruntime", info.label, stats,
                 speedup,
                 _gflops(target, stats),
+                row_detail(info, target.precision, io_binding=io_binding),
             )  # fmt: skip
             rows.append(ort_row)
             if eager is not None:
@@ -275,11 +303,54 @@ def run_bench(
         provider=provider,
         running=running,
         threads=threads,
+        io_binding=io_binding,
+        cpu_fallback=cpu_fallback,
         fp32_ceiling_gflops=ceiling,
         rows=rows,
         verdicts=[latency_claim(rows, provider)],
         notes=notes,
     )
+
+
+def _tensorrt_cache(model: Path, settings: BenchSettings) -> Path | None:
+    """Where TensorRT keeps ``model``'s engine and timing caches: a folder named by the
+    file's content. ORT names a cached engine after the file name and node names only, not the
+    weights, so two runs' ``model.onnx`` would otherwise share (and run) one engine."""
+    if settings.provider != "tensorrt" or settings.tensorrt_cache is None:
+        return None
+    from exporters.convert import file_sha256
+
+    return settings.tensorrt_cache / file_sha256(model)[:16]
+
+
+# ORT's int8 kernels for Q/DQ models (fused from DequantizeLinear -> op -> QuantizeLinear).
+_INT8_OPS = ("QLinear", "ConvInteger", "MatMulInteger")
+
+
+def row_detail(info: SessionInfo, precision: str, *, io_binding: bool) -> str:
+    """What an ORT row's numbers mean beyond its columns, in a few words each."""
+    if info.provider == "cpu":
+        return ""
+    parts = ["io-binding (data on the device)" if io_binding else "host copies timed"]
+    cpu, cuda = PROVIDERS["cpu"], PROVIDERS["cuda"]
+    if info.cpu_fallback:
+        n = info.placements.get(cpu)
+        ops = ", ".join(sorted(set(info.placed_ops.get(cpu, ()))))
+        parts.append(
+            f"{n or 'some'} nodes on the CPU{f' ({ops})' if ops else ''}, --allow-cpu-fallback"
+        )
+    if info.provider == "tensorrt" and info.placements.get(cuda):
+        parts.append(f"{info.placements[cuda]} nodes TensorRT rejected ran on CUDA")
+    on_cuda = info.placed_ops.get(cuda, ())
+    if (
+        info.provider == "cuda"
+        and precision == "int8"
+        and not any(op.startswith(_INT8_OPS) for op in on_cuda)
+    ):
+        # ORT's CUDA provider has no int8 convolution for Q/DQ graphs: it runs each
+        # DequantizeLinear, then the float Conv/Gemm (see README, "Running on a GPU").
+        parts.append("int8 weights, fp32 compute (the CUDA provider has no int8 kernels)")
+    return "; ".join(parts)
 
 
 def _gflops(target: BenchTarget, stats: LatencyStats) -> float | None:
@@ -316,10 +387,14 @@ def _csv_text(report: BenchReport) -> str:
     text = io.StringIO()
     writer = csv.writer(text)
     stat_fields = [f.name for f in dataclasses.fields(LatencyStats)]
-    writer.writerow(["model", "precision", "engine", "provider", *stat_fields, "speedup_vs_eager"])
+    writer.writerow(
+        ["model", "precision", "engine", "provider", *stat_fields, "speedup_vs_eager", "detail"]
+    )
     for r in report.rows:
         values = [getattr(r.stats, f) for f in stat_fields]
-        writer.writerow([r.model, r.precision, r.engine, r.provider, *values, r.speedup_vs_eager])
+        writer.writerow(
+            [r.model, r.precision, r.engine, r.provider, *values, r.speedup_vs_eager, r.detail]
+        )
     return text.getvalue()
 
 

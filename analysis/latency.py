@@ -42,6 +42,7 @@ class BenchRow:
     stats: LatencyStats
     speedup_vs_eager: float | None = None  # ORT rows: eager mean / ORT mean, same batch
     gflops: float | None = None  # achieved: 2 x MACs x images/s, where the MACs are known
+    detail: str = ""  # what the numbers mean beyond the columns (io-binding, fallbacks, ...)
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,24 @@ def bench_onnx(
     iters: int | None,
     seconds: float | None,
     io_binding: bool = False,
+    tensorrt_cache: Path | None = None,
+    allow_cpu_fallback: bool = False,
 ) -> tuple[LatencyStats, SessionInfo]:
-    session, info = create_session(target.onnx_path, provider, threads=threads)
+    session, info = create_session(
+        target.onnx_path,
+        provider,
+        threads=threads,
+        precision=target.precision,
+        tensorrt_cache=tensorrt_cache,
+        allow_cpu_fallback=allow_cpu_fallback,
+    )
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *target.input_shape)).astype(np.float32)
     if io_binding and provider != "cpu":
         import onnxruntime as ort
 
-        # Inputs and outputs stay on the GPU: the clock sees compute, not PCIe copies.
+        # Inputs and outputs stay on the GPU, as eager's do: the clock sees compute, not PCIe
+        # copies. The input is copied once, here; ORT allocates each run's output on the device.
         binding = session.io_binding()
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
         for output in session.get_outputs():

@@ -1,9 +1,11 @@
 """Training cost of one step per model: images per second and activation memory.
 
-Memory on CUDA is ``torch.cuda.max_memory_allocated`` over the step. On the CPU PyTorch keeps
-no allocator statistics, so the figure is the activation memory autograd holds for the
-backward pass: the bytes of every distinct tensor storage saved during the forward
-(``torch.autograd.graph.saved_tensors_hooks``), which is what skip connections could add to.
+Memory is the activation memory autograd holds for the backward pass, measured the same way on
+every device: the bytes of every distinct tensor storage saved during the forward
+(``torch.autograd.graph.saved_tensors_hooks``), parameters excluded. That is what skip
+connections could add to, and so what claim (i) compares. A whole step's CUDA peak
+(``max_memory_allocated``) would also count the weights, their gradients and Adam's two
+moments, which skips do not change, and would make the claim mean something else on a GPU.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import torch.nn.functional as F
 
 from toolkit.models import create_model
 
-CPU_METHOD = "activation bytes saved for backward (saved_tensors_hooks, distinct storages)"
-CUDA_METHOD = "torch.cuda.max_memory_allocated over one step"
+MEMORY_METHOD = "activation bytes saved for backward (saved_tensors_hooks, distinct storages)"
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,8 @@ def bench_train_step(
         step()
     sync()
     step_s = (time.perf_counter() - start) / iters
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        sync()
-        memory, method = torch.cuda.max_memory_allocated(), CUDA_METHOD
-    else:
-        optimizer.zero_grad(set_to_none=True)
-        memory, method = saved_activation_bytes(model, x, y), CPU_METHOD
+    optimizer.zero_grad(set_to_none=True)
+    memory = saved_activation_bytes(model, x, y)
     return TrainStepResult(
-        arch, batch, device, batch / step_s, step_s * 1e3, memory / 2**20, method
+        arch, batch, device, batch / step_s, step_s * 1e3, memory / 2**20, MEMORY_METHOD
     )

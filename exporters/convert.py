@@ -21,7 +21,7 @@ import torch
 from exporters import metadata
 from exporters.errors import ExportError
 from exporters.opset import MIN_OPSET, opset_support
-from exporters.quantize import to_fp16, to_int8
+from exporters.quantize import Int8Target, to_fp16, to_int8
 from exporters.validate import ParityReport, parity_inputs, validate_export
 from toolkit import __version__
 from toolkit.data import Dataset, Split
@@ -124,11 +124,13 @@ def export_onnx(
     simplify: bool = True,
     fp16: bool = False,
     int8: bool = False,
+    int8_target: Int8Target = "cpu",
     calib_images: int = 512,
     parity_images: int = 1000,
 ) -> list[ExportResult]:
     """Export a checkpoint (or a run directory's best.pt) to validated ONNX files: fp32, and
-    on request fp16 and int8 copies checked against it.
+    on request fp16 and int8 copies checked against it (int8 in the recipe of
+    ``int8_target``: see ``exporters.quantize``).
 
     Files go beside the checkpoint as ``model[.fp16|.int8].onnx``, or into ``out_dir`` named
     after the run directory. They replace the previous export only once every new file has
@@ -168,7 +170,8 @@ def export_onnx(
         copies["fp16"] = to_fp16
     if int8:
         assert dataset is not None  # refused above
-        copies["int8"] = partial(to_int8, calibration=_calibration_images(dataset, calib_images))
+        calibration = _calibration_images(dataset, calib_images)
+        copies["int8"] = partial(to_int8, calibration=calibration, target=int8_target)
     made: list[Precision] = ["fp32", *copies]
 
     reports: dict[Precision, ParityReport] = {}

@@ -4,6 +4,12 @@ ONNX Runtime falls back to the CPU silently when the CUDA or TensorRT provider c
 (it only logs to the C++ stderr). rtk never lets that pass: after creating a session it checks
 which provider actually runs and raises ``ProviderUnavailableError`` when it is not the one
 asked for, quoting ORT's own reason from the log it wrote while the session was created.
+
+A GPU provider that loaded can still leave nodes to the CPU. For cuda and tensorrt the session
+is created with ORT's verbose log on, which names the provider of every node
+(``VerifyEachNodeIsAssignedToAnEp`` in ORT's session_state.cc); a node on the CPU is refused
+unless the caller allows it, and then ``SessionInfo.label`` says so. TensorRT is registered as
+[TensorRT, CUDA]: CUDA takes the nodes TensorRT rejects, and the label says that too.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass
+from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -46,6 +52,22 @@ class SessionInfo:
     running: str  # the provider ORT runs the graph with, verified
     ort_version: str
     intra_op_threads: int | None
+    # GPU sessions: nodes per ORT provider name, from ORT's verbose placement log (empty when
+    # the log gave none), and the op types it listed for each (ORT lists them only when more
+    # than one provider took nodes).
+    placements: dict[str, int] = field(default_factory=dict)
+    placed_ops: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    cpu_fallback: bool = False  # some nodes ran on the CPU (allowed by the caller)
+
+    @property
+    def label(self) -> str:
+        """Every provider that runs nodes, the asked one first: a row never names a GPU
+        alone when the CPU (or, under TensorRT, CUDA) ran part of the graph."""
+        order = [self.running, *(p for p in PROVIDERS.values() if p != self.running)]
+        taking = [p for p in order if self.placements.get(p)] or [self.running]
+        if self.cpu_fallback and PROVIDERS["cpu"] not in taking:
+            taking.append(PROVIDERS["cpu"])  # the warning said so, the counts did not
+        return "+".join(taking)
 
 
 @contextmanager
@@ -73,6 +95,9 @@ def _captured_output() -> Iterator[list[str]]:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
+# ORT's warning when a provider loaded but left some nodes to the CPU (see docs/environment.md).
+_PARTIAL = "Some nodes were not assigned to the preferred execution providers"
+
 
 def _reason(lines: list[str]) -> str:
     """ORT's own explanation, shortest form: the missing library, else the failure line."""
@@ -87,31 +112,114 @@ def _reason(lines: list[str]) -> str:
     return "ONNX Runtime gave no reason"
 
 
+# ORT's verbose placement log (session_state.cc, VerifyEachNodeIsAssignedToAnEp): a header per
+# provider, then (when several providers took nodes) one "  OpType (name)" line per node.
+_PLACED = re.compile(r"(?:All nodes|Node\(s\)) placed on \[(\w+)\]\. Number of nodes: (\d+)")
+_PLACED_NODE = re.compile(r"VerifyEachNodeIsAssignedToAnEp\] {3}(\S+) \(")
+
+
+def _placements(lines: list[str]) -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
+    counts: dict[str, int] = {}
+    ops: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in lines:
+        header = _PLACED.search(line)
+        node = _PLACED_NODE.search(line)
+        if header:
+            current = header.group(1)
+            counts[current] = int(header.group(2))
+            ops[current] = []
+        elif node and current is not None:
+            ops[current].append(node.group(1))
+    return counts, {p: tuple(o) for p, o in ops.items()}
+
+
+ProviderEntry = str | tuple[str, dict[str, str]]
+
+
+def execution_providers(
+    provider: Provider, *, precision: str = "fp32", tensorrt_cache: Path | None = None
+) -> list[ProviderEntry]:
+    """ORT's ``providers`` argument for ``provider``. TensorRT comes with CUDA behind it for
+    the nodes it rejects, its reduced-precision modes only for a model of that precision (an
+    fp32 row must not compute in fp16), and its engine and timing caches in
+    ``tensorrt_cache``, so the next session on the same model skips the engine build."""
+    if provider != "tensorrt":
+        return [PROVIDERS[provider]]
+    flag = {True: "True", False: "False"}  # ORT parses provider options from strings
+    options = {
+        "trt_fp16_enable": flag[precision == "fp16"],
+        # A Q/DQ model is explicitly quantized: TensorRT needs INT8 mode, not a calibration table.
+        "trt_int8_enable": flag[precision == "int8"],
+    }
+    if tensorrt_cache is not None:
+        options |= {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(tensorrt_cache),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(tensorrt_cache),
+        }
+    return [(PROVIDERS["tensorrt"], options), PROVIDERS["cuda"]]
+
+
 def create_session(
     model: Path | bytes,
     provider: Provider = "cpu",
     *,
     threads: int | None = None,
+    precision: str = "fp32",
+    tensorrt_cache: Path | None = None,
+    allow_cpu_fallback: bool = False,
 ) -> tuple[InferenceSession, SessionInfo]:
-    """An ``InferenceSession`` that runs on ``provider`` or raises; never a silent fallback."""
-    import onnxruntime as ort
-
+    """An ``InferenceSession`` that runs on ``provider`` or raises; never a silent fallback.
+    On cuda and tensorrt, a node left to the CPU raises too, unless ``allow_cpu_fallback``."""
     if provider not in PROVIDERS:
         raise ProviderUnavailableError(
             f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}"
         )
+    providers = execution_providers(provider, precision=precision, tensorrt_cache=tensorrt_cache)
+    # TensorRT creates only the last folder of its cache path; a refused session leaves none.
+    made = _new_folders(tensorrt_cache) if provider == "tensorrt" and tensorrt_cache else []
+    try:
+        return _open_verified(model, provider, providers, threads, allow_cpu_fallback)
+    except RtkError:
+        for folder in reversed(made):
+            with suppress(OSError):  # not empty: TensorRT wrote to it after all
+                folder.rmdir()
+        raise
+
+
+def _new_folders(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; return those created, outermost first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _open_verified(
+    model: Path | bytes,
+    provider: Provider,
+    providers: list[ProviderEntry],
+    threads: int | None,
+    allow_cpu_fallback: bool,
+) -> tuple[InferenceSession, SessionInfo]:
+    import onnxruntime as ort
+
     wanted = PROVIDERS[provider]
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if provider != "cpu":
+        # Verbose: the only log in which ORT names the provider of each node (captured below).
+        options.log_severity_level = 0
     source = str(model) if isinstance(model, Path) else model
     with _captured_output() as log:
         if provider != "cpu" and hasattr(ort, "preload_dlls"):
             # Lets ORT find CUDA/cuDNN libraries installed from PyPI (nvidia-* wheels).
             ort.preload_dlls()
         try:
-            session = ort.InferenceSession(source, sess_options=options, providers=[wanted])
+            session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             failure: Exception | None = exc
         else:
@@ -128,11 +236,34 @@ def create_session(
             f"{_reason(log)} (this build lists: {available}); use --provider cpu or fix "
             "the GPU libraries"
         )
+    placements, placed_ops = _placements(log) if provider != "cpu" else ({}, {})
+    cpu_nodes = placements.get(PROVIDERS["cpu"], 0)
+    # The warning alone covers a log without placements; under [TensorRT, CUDA] ORT warns only
+    # when all three providers took nodes, so the counts are what catch the rest.
+    fell_back = provider != "cpu" and (cpu_nodes > 0 or any(_PARTIAL in line for line in log))
+    if fell_back and not allow_cpu_fallback:
+        ops = ", ".join(sorted(set(placed_ops.get(PROVIDERS["cpu"], ())))) or "ops not listed"
+        count = f"{cpu_nodes} of {sum(placements.values())} nodes" if cpu_nodes else "some nodes"
+        raise ProviderUnavailableError(
+            f"{provider}: ONNX Runtime runs {count} of this model on the CPU ({ops}), so no "
+            f"result would be a {provider} result; `rtk bench --allow-cpu-fallback` measures it "
+            "anyway (the rows then say so), or use --provider cpu"
+        )
+    if provider != "cpu":
+        # The verbose session would log on every run too (its run logger inherits the level),
+        # which would be timed: the caller gets a second, quiet session, placed the same way
+        # (TensorRT then loads the engine the first one cached, when there is a cache).
+        options.log_severity_level = 2
+        with _captured_output():
+            session = ort.InferenceSession(source, sess_options=options, providers=providers)
     info = SessionInfo(
         provider=provider,
         running=running,
         ort_version=ort.__version__,
         intra_op_threads=threads,
+        placements=placements,
+        placed_ops=placed_ops,
+        cpu_fallback=fell_back,
     )
     return session, info
 
@@ -146,10 +277,6 @@ class ProviderProbe:
     running: str | None  # the provider that took the node (get_providers()[0]), if a session opened
     ran: bool  # took the node, ran it and gave the right answer
     reason: str  # why not, in ORT's own words where it gave any
-
-
-# ORT's warning when a provider loaded but left some nodes to the CPU (see docs/environment.md).
-_PARTIAL = "Some nodes were not assigned to the preferred execution providers"
 
 
 def _relu_model() -> bytes:

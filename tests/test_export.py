@@ -24,6 +24,7 @@ from exporters.convert import export_onnx, file_sha256
 from exporters.errors import ExportError, MetadataError
 from exporters.opset import opset_support
 from exporters.predict import predict
+from exporters.quantize import tensorrt_qdq_problem
 from exporters.runtime import ProviderUnavailableError, create_session
 from exporters.view import free_port, serve, stop
 from tests.conftest import CLASSES, TinyData, default_sigint, write_imagefolder
@@ -98,12 +99,35 @@ def test_fp16_and_int8_copies(dataset: Dataset, tmp_path: Path):
     assert by["int8"].size_bytes < 0.35 * by["fp32"].size_bytes
     int8 = onnx.load(str(by["int8"].onnx_path))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)  # QDQ format
+    # The CPU recipe (uint8 activations, int32 biases for ORT's integer kernels) is not one
+    # TensorRT takes, and rtk can tell from the graph.
+    assert tensorrt_qdq_problem(int8) is not None
     assert {p.key: p.value for p in int8.metadata_props}["rtk.precision"] == "int8"
     assert by["fp16"].parity.agreement >= 0.98
     for r in results:  # every copy takes float32 input and a dynamic batch
         session, _ = create_session(r.onnx_path, "cpu")
         x = np.zeros((37, 3, 32, 32), dtype=np.float32)
         assert session.run(None, {"input": x})[0].shape == (37, 10)
+
+
+def test_the_int8_copy_for_tensorrt_is_symmetric_signed_int8(dataset: Dataset, tmp_path: Path):
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    _, result = export_onnx(
+        run, dataset=dataset, int8=True, int8_target="tensorrt", calib_images=64,
+        parity_images=PARITY,
+    )  # fmt: skip
+    assert result.precision == "int8"  # it passed the same accuracy gate as the CPU recipe
+    int8 = onnx.load(str(result.onnx_path))
+    constants = {t.name: t for t in int8.graph.initializer}
+    qdq = [n for n in int8.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    zero_points = [constants[n.input[2]] for n in qdq]  # every Q/DQ names its zero point
+    assert len(zero_points) == len(qdq) > 0
+    assert all(z.data_type == TensorProto.INT8 for z in zero_points)
+    assert not any(onnx.numpy_helper.to_array(z).any() for z in zero_points)
+    # Only int8 is dequantized: the biases stay float (TensorRT folds them into its int8 conv).
+    dequantized = [constants[n.input[0]] for n in qdq if n.input[0] in constants]
+    assert dequantized and all(t.data_type == TensorProto.INT8 for t in dequantized)
+    assert tensorrt_qdq_problem(int8) is None
 
 
 def test_failed_validation_leaves_no_file(
@@ -283,6 +307,7 @@ def test_export_cli_faults(dataset: Dataset, imagefolder: Path, tmp_path: Path):
     cases = {
         ("--opset", str(too_new)): f"opset {too_new} is outside",
         ("--runs", str(tmp_path / "empty")): "no run with a best.pt",
+        ("--int8", "--int8-for", "tpu"): "--int8-for is one of cpu, tensorrt, got 'tpu'",
     }
     for extra, message in cases.items():
         targets = [] if "--runs" in extra else [str(run)]

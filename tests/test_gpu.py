@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,15 +45,128 @@ def test_gpu_bench_runs_on_the_asked_provider(tmp_path: Path, provider: str):
     targets, _ = resolve_targets(
         ["baseline-cnn"], runs=tmp_path, workdir=tmp_path, input_shape=None
     )
-    settings = BenchSettings(
-        provider=provider, batch_sizes=(8,), warmup=2, iters=3, io_binding=True
-    )
+    settings = BenchSettings(provider=provider, batch_sizes=(8,), warmup=2, iters=3)
     report = run_bench(targets, settings=settings, notes=[])
     assert (
         report.running
         == {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[provider]
     )
+    # Every node on the asked provider (no CPU, nor CUDA under TensorRT), data on the device.
     assert [r.provider for r in report.rows] == [report.running, "torch cuda"]
+    assert report.io_binding and not report.cpu_fallback
+    assert report.rows[0].detail == "io-binding (data on the device)"
+
+
+# The README's "Running on a GPU" commands, each run here as written (with a tiny dataset, one
+# epoch and small batches added).
+
+
+def _rtk(*args: str) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("rtk")), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=1200)
+
+
+def _quick(imagefolder: Path, out: Path, name: str) -> list[str]:
+    return ["--epochs", "1", "--val-size", "50", "--data", str(imagefolder),
+            "--out", str(out), "--name", name, "--quiet"]  # fmt: skip
+
+
+def test_readme_one_gpu(imagefolder: Path, tmp_path: Path):
+    done = _rtk(
+        "train", "mini-resnet", "--device", "cuda", "--amp", *_quick(imagefolder, tmp_path, "one")
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_readme_several_gpus(imagefolder: Path, tmp_path: Path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    args = ["--device", "cuda", "--amp", "--nproc", "2", *_quick(imagefolder, tmp_path, "ddp")]
+    done = _rtk("train", "mini-resnet", *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+
+
+def test_readme_multi_node_command_on_one_node(imagefolder: Path, tmp_path: Path):
+    """The README's torchrun line, with one node (its rendezvous on this machine)."""
+    gpus = min(2, torch.cuda.device_count())
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--nnodes", "1", "--node-rank", "0", "--nproc-per-node", str(gpus),
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:29531",
+               "-m", "toolkit", "train", "mini-resnet", "--device", "cuda", "--amp",
+               *_quick(imagefolder, tmp_path, "nodes")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "nodes" / "config.json").read_text())["world_size"] == gpus
+
+
+@pytest.fixture
+def exported_for_tensorrt(imagefolder: Path, tmp_path: Path) -> Path:
+    """A run folder with fp32 and TensorRT-recipe INT8 exports (the README's export line)."""
+    from tests.test_export import write_checkpoint
+
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    quick = ["--data", str(imagefolder), "--parity-images", "50", "--calib-images", "64"]
+    done = _rtk("export", str(run), "--onnx", "--int8", "--int8-for", "tensorrt", *quick)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run
+
+
+def _bench_rows(run: Path, runs: Path, provider: str) -> list[dict]:
+    out = runs / f"{provider}.json"
+    done = _rtk("bench", str(run), "--provider", provider, "--batch-sizes", "8", "--iters", "5",
+                "--runs", str(runs), "--json-out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())["rows"]
+
+
+def test_readme_tensorrt_bench_reuses_its_engines(exported_for_tensorrt: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    rows = _bench_rows(exported_for_tensorrt, runs, "tensorrt")
+    by = {(r["precision"], r["engine"]): r for r in rows}
+    assert (
+        by["int8", "onnxruntime"]["provider"] == "TensorrtExecutionProvider"
+    )  # symmetric Q/DQ taken
+    assert by["fp32", "onnxruntime"]["provider"] == "TensorrtExecutionProvider"
+    engines = sorted((runs / "bench" / "tensorrt-cache").glob("*/*.engine"))
+    assert len({e.parent for e in engines}) == 2  # one folder per model file
+    built = {e: e.stat().st_mtime_ns for e in engines}
+    _bench_rows(exported_for_tensorrt, runs, "tensorrt")
+    after = sorted((runs / "bench" / "tensorrt-cache").glob("*/*.engine"))
+    assert {e: e.stat().st_mtime_ns for e in after} == built  # loaded, not rebuilt
+
+
+def test_readme_cuda_bench_says_int8_computes_in_fp32(exported_for_tensorrt: Path, tmp_path: Path):
+    rows = _bench_rows(exported_for_tensorrt, tmp_path / "runs", "cuda")
+    int8 = next(r for r in rows if r["precision"] == "int8")
+    assert int8["provider"] == "CUDAExecutionProvider"
+    assert "int8 weights, fp32 compute" in int8["detail"]
+
+
+def test_readme_bench_train_on_cuda_measures_activations(tmp_path: Path):
+    from analysis.train_bench import saved_activation_bytes
+    from toolkit.models import create_model
+
+    args = ["bench", "train", "resnet18", "resnet18-noskip", "--batch-size", "8", "--json"]
+    done = _rtk(*args, "--device", "cuda")
+    assert done.returncode == 0, done.stderr[-2000:]
+    cuda = json.loads(done.stdout)
+    on_cpu = json.loads(_rtk(*args, "--device", "cpu").stdout)
+    for gpu_row, cpu_row in zip(cuda["results"], on_cpu["results"], strict=True):
+        assert gpu_row["device"] == "cuda" and gpu_row["memory_method"] == cpu_row["memory_method"]
+        assert gpu_row["memory_mb"] == pytest.approx(cpu_row["memory_mb"], rel=0.2)
+    # The measure agrees with what CUDA's allocator holds after the forward pass.
+    model = create_model("resnet18").cuda().train()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (8,), device="cuda")
+    saved = saved_activation_bytes(model, x, y)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    held = torch.cuda.memory_allocated() - before
+    del loss
+    assert 0.5 < saved / held <= 1.1
 
 
 def test_a_cuda_checkpoint_loads_with_plain_torch_load_where_there_is_no_gpu(

@@ -63,7 +63,17 @@ def inference(
     iters: int | None = typer.Option(None, help="Timed calls per batch size."),
     seconds: float = typer.Option(2.0, help="Seconds of timed calls (when --iters is not given)."),
     threads: int | None = typer.Option(None, help="Intra-op threads for ORT and PyTorch."),
-    io_binding: bool = typer.Option(False, help="CUDA: inputs and outputs stay on the device."),
+    io_binding: bool = typer.Option(
+        True,
+        help="cuda/tensorrt: inputs and outputs stay on the device, as eager's do; "
+        "--no-io-binding times the host copies too.",
+    ),
+    allow_cpu_fallback: bool = typer.Option(
+        False,
+        "--allow-cpu-fallback",
+        help="cuda/tensorrt: bench even when ONNX Runtime leaves nodes to the CPU (the rows "
+        "say so); refused otherwise.",
+    ),
     compare_torch: bool = typer.Option(True, help="Time PyTorch eager in the same run."),
     channels_last: bool = typer.Option(False, help="PyTorch eager in channels_last."),
     input_shape: str | None = typer.Option(None, help="C,H,W for models with dynamic sizes."),
@@ -118,6 +128,9 @@ def inference(
         seconds=None if iters else seconds,
         threads=threads,
         io_binding=io_binding,
+        allow_cpu_fallback=allow_cpu_fallback,
+        # Beside the bench history, so the next bench of the same model reuses the engines.
+        tensorrt_cache=runs / "bench" / "tensorrt-cache",
         compare_torch=compare_torch,
         channels_last=channels_last,
     )
@@ -153,10 +166,15 @@ def inference(
 
 def _print_report(report: BenchReport) -> None:
     m = report.machine
+    gpu = report.provider != "cpu"
+    data = "on the device (io-binding)" if report.io_binding else "host copies timed"
     console.print(
         f"ONNX Runtime {m.ort_version} on [bold]{report.running}[/] (asked: {report.provider}, "
-        f"verified) | torch {m.torch_version} | {m.device} | threads: "
+        f"{'some nodes on the CPU, allowed: see the rows' if report.cpu_fallback else 'verified'})"
+        f" | torch {m.torch_version} | {m.device} | threads: "
         f"{report.threads or 'default'} (torch {m.torch_threads})"
+        + (f" | inputs and outputs {data}" if gpu else ""),
+        soft_wrap=True,  # one line, as logs and greps read it
     )
     table = Table(title="Inference latency (ms per batch; warm-up excluded)")
     for column in ("model", "precision", "engine", "batch", "p50", "p90", "p99", "mean", "std"):
@@ -167,6 +185,9 @@ def _print_report(report: BenchReport) -> None:
     ceiling = report.fp32_ceiling_gflops
     if ceiling:
         table.add_column("of fp32 ceiling", justify="right")
+    details = any(r.detail for r in report.rows)
+    if details:
+        table.add_column("provider, notes", justify="left")
     for r in report.rows:
         s = r.stats
         table.add_row(
@@ -183,6 +204,7 @@ def _print_report(report: BenchReport) -> None:
             f"{s.ms_per_image:.4f}",
             f"{r.speedup_vs_eager:.2f}x" if r.speedup_vs_eager else "",
             *([f"{r.gflops / ceiling:.0%}" if r.gflops else ""] if ceiling else []),
+            *([f"{r.provider}; {r.detail}" if r.detail else r.provider] if details else []),
         )
     console.print(table)
     if ceiling:
@@ -202,6 +224,7 @@ def train(
         None, help="Architecture names (all four when none is given).", show_default=False
     ),
     batch_size: int = typer.Option(64, help="Images per training step."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
     as_json: bool = JsonOption,
     json_out: Path | None = JsonOutOption,
 ) -> None:
@@ -216,7 +239,7 @@ def train(
     if batch_size < 1:
         raise RtkError(f"--batch-size must be at least 1, got {batch_size}")
     names = [get_architecture(a).name for a in archs or []] or architecture_names()
-    device = resolve_device("auto")
+    device = resolve_device(device)
     results = [bench_train_step(name, batch=batch_size, device=device) for name in names]
     verdict = memory_claim(results)
     content = to_json({"results": results, "verdicts": [verdict]})

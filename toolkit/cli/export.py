@@ -26,6 +26,11 @@ def export(
     simplify: bool = typer.Option(True, help="Simplify the graph with onnxslim."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 copy."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static INT8 copy."),
+    int8_for: str = typer.Option(
+        "cpu",
+        help="The INT8 copy's recipe: cpu (ORT's integer kernels) or tensorrt (symmetric "
+        "signed int8 Q/DQ, float biases: the only Q/DQ TensorRT takes).",
+    ),
     calib_images: int = typer.Option(512, help="Training images that calibrate INT8."),
     parity_images: int = typer.Option(1000, help="Test images for the parity check."),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
@@ -36,6 +41,7 @@ def export(
     from exporters.convert import export_onnx
     from exporters.errors import ExportError
     from exporters.opset import opset_support
+    from exporters.quantize import INT8_TARGETS
     from toolkit.data import load_dataset
 
     if not onnx_format:
@@ -43,6 +49,8 @@ def export(
     chosen = targets or _runs_with_checkpoints(runs)
     if not chosen:
         raise ExportError(f"no run with a best.pt under {runs}/; train one or name a checkpoint")
+    if int8_for not in INT8_TARGETS:
+        raise ExportError(f"--int8-for is one of {', '.join(INT8_TARGETS)}, got {int8_for!r}")
     if parity_images < 1 or calib_images < 1:
         raise ExportError("--parity-images and --calib-images must be positive")
     support = opset_support()
@@ -62,6 +70,7 @@ def export(
             simplify=simplify,
             fp16=fp16,
             int8=int8,
+            int8_target=int8_for,  # type: ignore[arg-type]
             calib_images=calib_images,
             parity_images=parity_images,
         )
