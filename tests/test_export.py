@@ -110,13 +110,19 @@ def test_fp16_and_int8_copies(dataset: Dataset, tmp_path: Path):
         assert session.run(None, {"input": x})[0].shape == (37, 10)
 
 
-def test_the_int8_copy_for_tensorrt_is_symmetric_signed_int8(dataset: Dataset, tmp_path: Path):
+def test_the_int8_copy_for_tensorrt_is_symmetric_signed_int8(
+    dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The graph's format is the point here. The accuracy gate (tested on its own) judges an
+    # untrained model: on generated images (no CIFAR-10 on the machine) its INT8 copy can
+    # lose more than a point of a 10% accuracy by chance.
+    monkeypatch.setattr(validate, "MAX_ACC_DROP", 1.0)
     run = write_checkpoint(tmp_path / "run", "baseline-cnn")
     _, result = export_onnx(
         run, dataset=dataset, int8=True, int8_target="tensorrt", calib_images=64,
         parity_images=PARITY,
     )  # fmt: skip
-    assert result.precision == "int8"  # it passed the same accuracy gate as the CPU recipe
+    assert result.precision == "int8"
     int8 = onnx.load(str(result.onnx_path))
     constants = {t.name: t for t in int8.graph.initializer}
     qdq = [n for n in int8.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
