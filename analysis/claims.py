@@ -13,7 +13,7 @@ from analysis.gradients import GradientProfile
 from analysis.latency import BenchRow
 from analysis.report import CompareRow
 from analysis.train_bench import TrainStepResult
-from toolkit.models import architecture_names
+from toolkit.models import PAPER, architecture_names
 
 UNIFORM_RATIO = 10.0  # "nearly uniform" gradients: first/last layer RMS within 10x either way
 SIMILAR_LATENCY = 2.0  # claim 5(iii) holds if the slowest model is within 2x of the fastest
@@ -185,7 +185,7 @@ def memory_claim(results: list[TrainStepResult]) -> Verdict:
 def latency_claim(rows: list[BenchRow], provider: str) -> Verdict:
     """Claim (iii): inference latency is similar across the four models at 32x32."""
     claim = "5(iii). inference latency is similar across the models for 32x32 inputs"
-    paper = set(architecture_names())
+    paper = set(architecture_names(PAPER))
     ort_rows = [r for r in rows if r.engine == "onnxruntime" and r.precision == "fp32"]
     by_batch: dict[int, dict[str, float]] = {}
     for r in ort_rows:

@@ -14,13 +14,18 @@ from toolkit.models import Architecture, architectures, stage_of
 @dataclass(frozen=True)
 class ModelSummary:
     name: str
-    paper_name: str
+    group: str  # which source the network comes from (toolkit.models.GROUPS)
     params: int
     trainable_params: int
-    paper_params: int
     macs: int  # multiply-accumulates of one forward pass of one 32x32 image
-    weight_layers: int
+    depth: int  # weight layers on the main path (conv and linear): 18 for ResNet-18
+    weight_layers: int  # every conv and linear layer, projection shortcuts included
     description: str
+    # The source's figures, where it publishes them (None otherwise).
+    published_source: str | None
+    published_name: str | None
+    published_params: int | None
+    published_test_acc: float | None
     per_stage: dict[str, int]  # parameters per part: stem, stage 1..4 (or block 1..4), fc
 
 
@@ -39,15 +44,21 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
 
 def summarize(arch: Architecture) -> ModelSummary:
     model = arch.build()
+    layers = model.weight_layers()
+    figures = arch.published
     return ModelSummary(
         name=arch.name,
-        paper_name=arch.paper_name,
+        group=arch.group,
         params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        paper_params=arch.paper_params,
         macs=count_macs(model),
-        weight_layers=len(model.weight_layers()),
+        depth=layers[-1].depth,
+        weight_layers=len(layers),
         description=arch.description,
+        published_source=figures.source if figures else None,
+        published_name=figures.name if figures else None,
+        published_params=figures.params if figures else None,
+        published_test_acc=figures.test_acc if figures else None,
         per_stage=stage_params(model),
     )
 

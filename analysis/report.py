@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.metrics import SourceError
-from toolkit.models import architecture_names, get_architecture
+from toolkit.models import PAPER, Architecture, Published, architecture_names, get_architecture
 from toolkit.training.rundir import RunDir
 
 
@@ -34,35 +34,52 @@ def read_history(run: Path) -> list[dict[str, Any]]:
     return RunDir.open(run).read_history()
 
 
-def compare_runs(runs: list[Path]) -> list[CompareRow]:
-    if not runs:
-        raise SourceError("no finished runs (with metrics.json) to compare; train some first")
+def table_one_architecture(name: str) -> tuple[Architecture, Published]:
+    """One of the paper's four models with its Table I figures; Table I has no other rows."""
+    arch = get_architecture(name)
+    if arch.group != PAPER or arch.published is None:
+        raise SourceError(
+            f"Table I has no row for {arch.name}: it compares the paper's four models "
+            f"({', '.join(architecture_names(PAPER))})"
+        )
+    return arch, arch.published
+
+
+def compare_runs(runs: list[Path], *, skip_others: bool = False) -> list[CompareRow]:
+    """Table I's rows for these runs; a run of a network outside the paper is an error, or
+    left out with ``skip_others`` (when every run under a folder is compared)."""
     rows = []
     for run in runs:
         rundir = RunDir.open(run)
         metrics, config = rundir.read_metrics(), rundir.read_config()
-        arch = get_architecture(metrics["arch"])
+        if skip_others and get_architecture(metrics["arch"]).group != PAPER:
+            continue
+        arch, paper = table_one_architecture(metrics["arch"])
         params = sum(p.numel() for p in arch.build().parameters())
         rows.append(
             CompareRow(
-                model=arch.paper_name,
+                model=paper.name,
                 arch=arch.name,
                 run=run.name,
                 recipe=str(config["settings"].get("recipe", "?")),
                 test_acc=float(metrics["test_acc"]),
-                paper_test_acc=arch.paper_test_acc,
+                paper_test_acc=float(paper.test_acc or 0),  # register() requires it
                 train_min=float(metrics["train_s"]) / 60,
-                paper_train_min=arch.paper_train_min,
+                paper_train_min=float(paper.train_min or 0),
                 epochs=int(metrics["epochs_run"]),
                 max_epochs=int(config["settings"]["epochs"]),
                 stopped_early=bool(metrics["stopped_early"]),
                 train_images=int(config["data"]["train_images"]),
                 params=params,
-                paper_params=arch.paper_params,
+                paper_params=int(paper.params or 0),
                 device=str(metrics.get("device", "?")),
             )
         )
-    order = {name: i for i, name in enumerate(architecture_names())}  # the paper's order
+    if not rows:
+        raise SourceError(
+            "no finished runs (with metrics.json) of the paper's models to compare; train some"
+        )
+    order = {name: i for i, name in enumerate(architecture_names(PAPER))}  # the paper's order
     return sorted(rows, key=lambda r: (order.get(r.arch, len(order)), r.run))
 
 

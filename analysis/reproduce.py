@@ -23,12 +23,17 @@ from analysis.claims import (
 from analysis.gradients import GradientProfile, profile_source
 from analysis.metrics import class_report, confusion, predict_test
 from analysis.plots import confusion_heatmap, gradient_flow, training_curves
-from analysis.report import CompareRow, compare_runs, read_history, table_markdown
+from analysis.report import (
+    CompareRow,
+    compare_runs,
+    read_history,
+    table_markdown,
+    table_one_architecture,
+)
 from analysis.train_bench import bench_train_step
 from exporters.convert import export_onnx
 from toolkit.data import Dataset
 from toolkit.fileio import atomic_path
-from toolkit.models import get_architecture
 from toolkit.training import (
     Observer,
     RunDir,
@@ -164,7 +169,8 @@ def reproduce(
     observer: Observer | None = None,
 ) -> ReproduceResult:
     start = time.perf_counter()
-    archs = [get_architecture(m).name for m in models]
+    # Table I, the claims and the report are the paper's: its four models only.
+    archs = [table_one_architecture(m)[0].name for m in models]
     runs = {arch: out / "runs" / arch for arch in archs}
     figures = out / "figures"
     apart: dict[str, str] = {}  # runs trained under other settings than this budget's

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from analysis.claims import epochs_claim
 from analysis.gradients import gradient_profile, profile_source
-from analysis.metrics import Predictions, class_report, confusion, predict_test
+from analysis.metrics import Predictions, SourceError, class_report, confusion, predict_test
 from analysis.plots import confusion_heatmap, gradient_flow, training_curves
 from analysis.report import CompareRow, compare_runs, read_history, table_markdown
 from exporters.convert import export_onnx
@@ -24,7 +24,7 @@ from toolkit.cli import app
 from toolkit.data import Dataset, TensorLoader, load_dataset
 from toolkit.models import create_model
 from toolkit.models.resnet import ResNet
-from toolkit.training import Trainer, make_config
+from toolkit.training import RunDir, Trainer, TrainResult, make_config
 
 
 def run_cli(*args: str):
@@ -169,6 +169,21 @@ def test_table_one_from_runs(trained_run: Path, dataset: Dataset):
     assert f"| 2 of 2 | {rows.train_images:,} | 391,946 |" in markdown
     result = run_cli("report", "compare", str(trained_run), "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)[0]["arch"] == "baseline-cnn"
+    # A network from beyond the paper has no Table I row: named, it is refused; found among
+    # every run under --runs, it is left out.
+    other = trained_run.parent / "resnet20"
+    shutil.copytree(trained_run, other)
+    RunDir.open(other).write_metrics(
+        TrainResult(
+            run_dir=other, arch="resnet20", best_epoch=1, epochs_run=1, stopped_early=False,
+            test_loss=2.3, test_acc=0.1, train_s=1.0, device="cpu", test_images=50, history=[],
+        )
+    )  # fmt: skip
+    with pytest.raises(SourceError, match="Table I has no row for resnet20"):
+        compare_runs([other])
+    result = run_cli("report", "compare", "--runs", str(trained_run.parent), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [r["arch"] for r in json.loads(result.stdout)] == ["baseline-cnn"]
 
 
 def test_report_commands(trained_run: Path, imagefolder: Path, tmp_path: Path):

@@ -18,7 +18,7 @@ from exporters.convert import file_sha256
 from exporters.errors import ExportError
 from exporters.runtime import create_session
 from toolkit.cli import app
-from toolkit.models import architecture_names
+from toolkit.models import PAPER, architecture_names
 
 
 def run_cli(*args: str):
@@ -173,7 +173,7 @@ def _row(model: str, batch: int, mean_ms: float) -> BenchRow:
 
 
 def test_latency_claim_is_judged_from_the_numbers():
-    names = architecture_names()
+    names = architecture_names(PAPER)
     similar = [_row(n, 1, 1.0 + i * 0.2) for i, n in enumerate(names)]
     assert latency_claim(similar, "cpu").verdict == "supported"
     spread = [_row(n, 1, 1.0 + i * 5) for i, n in enumerate(names)]
@@ -189,7 +189,7 @@ def test_latency_claim_is_judged_from_the_numbers():
         (["baseline-cnn", "--threads", "0"], "--iters and --threads must be at least 1"),
         (["baseline-cnn", "--batch-sizes", "1,x"], "--batch-sizes takes positive integers"),
         (["corrupt.onnx"], "is not a readable ONNX model"),
-        (["resnet50"], "is not an ONNX file, a run directory or unknown architecture"),
+        (["resnet152"], "is not an ONNX file, a run directory or unknown architecture"),
         (["baseline-cnn", "--json", "out.json"], "--json prints the report on stdout"),
         (["baseline-cnn", "--max-regression", "5"], "takes both --baseline OLD.json and"),
         (["baseline-cnn", "--baseline", "nope.json", "--max-regression", "5"], "does not exist"),

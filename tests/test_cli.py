@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from tests.conftest import CLASSES
 from toolkit.cli import app
-from toolkit.models import architecture_names
+from toolkit.models import PAPER, architecture_names
 from toolkit.training import initial_checkpoint, save_checkpoint
 
 runner = CliRunner()
+ARCHS_PAPER = architecture_names(PAPER)
 
 
 def rtk(*args: str, env: dict[str, str] | None = None):
@@ -30,11 +31,20 @@ def test_help_lists_the_commands():
 def test_models_table():
     result = rtk("models")
     assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.stdout.splitlines() if line.count("│") > 4}
+    assert set(architecture_names()) <= lines.keys()
     for name, count in zip(
-        architecture_names(), ["391,946", "2,798,698", "11,173,962", "11,000,138"], strict=True
+        architecture_names(PAPER), ["391,946", "2,798,698", "11,173,962", "11,000,138"], strict=True
     ):
-        assert name in result.stdout and count in result.stdout
-    assert "555.4 M" in result.stdout  # ResNet-18 MACs per 32x32 image
+        assert f"{count} =" in lines[name]  # equal to the paper's exact count
+    assert "555.4 M" in lines["resnet18"]  # ResNet-18 MACs per 32x32 image
+    assert "89.90%" in lines["resnet18"]  # Table I
+    # He et al.'s figures beside ours; seed 004 publishes none.
+    assert "269,722 =" in lines["resnet20"] and "91.25%" in lines["resnet20"]
+    assert "1,727,962 =" in lines["resnet110"] and " 110 " in lines["resnet110"]  # depth
+    assert "701,466 " in lines["slim-resnet18"] and "46.8 M" in lines["slim-resnet18"]
+    assert "91.00%" in lines["slim-resnet18"]
+    assert "23,520,842 " in lines["resnet50"] and " - " in lines["resnet50"]
 
 
 def test_models_json():
@@ -42,8 +52,12 @@ def test_models_json():
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows] == architecture_names()
-    assert all(r["params"] == r["paper_params"] for r in rows)
-    assert {"macs", "description", "trainable_params"} <= rows[0].keys()
+    by_name = {r["name"]: r for r in rows}
+    assert all(by_name[n]["params"] == by_name[n]["published_params"] for n in ARCHS_PAPER)
+    assert all(r["published_params"] in (None, r["params"]) for r in rows)
+    assert by_name["resnet50"]["published_params"] is None and by_name["resnet50"]["depth"] == 50
+    assert by_name["resnet20"]["group"] == "he2015"
+    assert {"macs", "description", "trainable_params", "published_test_acc"} <= rows[0].keys()
 
 
 def test_data_info_table(imagefolder: Path):

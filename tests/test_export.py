@@ -27,10 +27,9 @@ from exporters.predict import predict
 from exporters.quantize import tensorrt_qdq_problem
 from exporters.runtime import ProviderUnavailableError, create_session
 from exporters.view import free_port, serve, stop
-from tests.conftest import CLASSES, TinyData, default_sigint, write_imagefolder
+from tests.conftest import CLASSES, SAMPLE_ARCHS, TinyData, default_sigint, write_imagefolder
 from toolkit.cli import app
 from toolkit.data import Dataset, load_dataset
-from toolkit.models import architecture_names
 from toolkit.training import RunDir, TrainResult, initial_checkpoint, save_checkpoint
 
 PARITY = 50  # the tiny test split's size
@@ -60,7 +59,7 @@ def run_cli(*args: str):
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 
 
-@pytest.mark.parametrize("arch", architecture_names())
+@pytest.mark.parametrize("arch", SAMPLE_ARCHS)
 def test_export_and_validate_every_architecture(arch: str, dataset: Dataset, tmp_path: Path):
     run = write_checkpoint(tmp_path / arch, arch)
     (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)

@@ -9,7 +9,7 @@ from PIL import Image
 from analysis.reproduce import BUDGETS, Budget, budget_config, reproduce
 from tests.test_training import _InterruptAt
 from toolkit.data import load_dataset
-from toolkit.models import architecture_names
+from toolkit.models import PAPER, architecture_names
 from toolkit.training import RECIPES, TrainingInterrupted
 
 TINY = Budget(
@@ -17,7 +17,7 @@ TINY = Budget(
     recipe="paper",
     reduction="1 epoch on 64 images per model (a test)",
     per_model={
-        a: {"epochs": 1, "train_subset": 64, "batch_size": 32} for a in architecture_names()
+        a: {"epochs": 1, "train_subset": 64, "batch_size": 32} for a in architecture_names(PAPER)
     },
     val_size=50,
     grad_batches=1,
@@ -36,7 +36,7 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     dataset = load_dataset(imagefolder)
     said: list[str] = []
     result = reproduce(
-        budget=TINY, models=architecture_names(), out=tmp_path, dataset=dataset,
+        budget=TINY, models=architecture_names(PAPER), out=tmp_path, dataset=dataset,
         say=said.append,
     )  # fmt: skip
     text = result.report.read_text()
@@ -44,7 +44,7 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     assert positions == sorted(positions)
     assert "Recipe `paper` for every model, budget `tiny`: 1 epoch on 64 images" in text
     assert "Trained under other settings" not in text
-    for arch in architecture_names():
+    for arch in architecture_names(PAPER):
         assert f"| {arch} |" in text
         assert (tmp_path / "runs" / arch / "model.onnx").is_file()
     claims = text.split("## Claims")[1].split("## Figures")[0]
@@ -71,20 +71,20 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
 def test_budgets_train_every_model_with_their_recipe():
     assert list(BUDGETS) == ["quick", "fast", "paper"]
     for budget in BUDGETS.values():
-        configs = {a: budget_config(a, budget) for a in architecture_names()}
+        configs = {a: budget_config(a, budget) for a in architecture_names(PAPER)}
         assert {c.recipe for c in configs.values()} == {budget.recipe}
         # What a budget does not trim is its recipe's own setting, for every model alike.
         untrimmed = set(RECIPES[budget.recipe]) - {k for o in budget.per_model.values() for k in o}
         for key in untrimmed - {"lr"}:
             assert len({getattr(c, key) for c in configs.values()}) == 1, key
-    quick = {a: budget_config(a, BUDGETS["quick"]) for a in architecture_names()}
+    quick = {a: budget_config(a, BUDGETS["quick"]) for a in architecture_names(PAPER)}
     assert quick["baseline-cnn"].train_subset is None and quick["baseline-cnn"].val_size == 2000
     assert quick["resnet18"].train_subset == quick["resnet18-noskip"].train_subset == 4000
     # Batch 64 instead of the recipe's 256: the rate scales with it.
     assert quick["resnet18"].lr == RECIPES["fast"]["lr"] * 64 / 256
     assert quick["mini-resnet"].lr == RECIPES["fast"]["lr"]
     assert not any(c.tta for c in quick.values())
-    fast = {a: budget_config(a, BUDGETS["fast"]) for a in architecture_names()}
+    fast = {a: budget_config(a, BUDGETS["fast"]) for a in architecture_names(PAPER)}
     assert fast["resnet18"].epochs == fast["resnet18-noskip"].epochs == 10
     assert all(c.scheduler == "linear" and c.patience == 0 for c in fast.values())
     paper = budget_config("resnet18", BUDGETS["paper"])

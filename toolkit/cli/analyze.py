@@ -82,7 +82,7 @@ def params(
     sources: list[str] = typer.Argument(None, help="Architectures or run directories [all]."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Total and trainable parameters, per stage, MACs, and the paper's figure."""
+    """Total and trainable parameters, per stage, MACs, and the published count if any."""
     from analysis.params import summarize
     from toolkit.models import architectures, get_architecture
     from toolkit.training import RunDir
@@ -97,13 +97,17 @@ def params(
         print_json(summaries)
         return
     table = Table(title="Parameters (MACs: one 32x32 image)")
-    for column in ("model", "total", "trainable", "paper", "difference", "MACs", "per part"):
+    for column in ("model", "total", "trainable", "published", "difference", "MACs", "per part"):
         table.add_column(column, justify="left" if column in ("model", "per part") else "right")
     for s in summaries:
         parts = ", ".join(f"{k} {v:,}" for k, v in s.per_stage.items())
+        published, difference = "-", "-"  # where no source gives a count
+        if s.published_params is not None:
+            published = f"{s.published_params:,}"
+            difference = f"{s.params - s.published_params:+,}"
         table.add_row(
-            s.name, f"{s.params:,}", f"{s.trainable_params:,}", f"{s.paper_params:,}",
-            f"{s.params - s.paper_params:+,}", f"{s.macs / 1e6:,.1f} M", parts,
+            s.name, f"{s.params:,}", f"{s.trainable_params:,}", published, difference,
+            f"{s.macs / 1e6:,.1f} M", parts,
         )  # fmt: skip
     console.print(table)
 
@@ -219,7 +223,9 @@ def compare(
     """The paper's Table I beside this machine's runs: accuracy, time, epochs, parameters."""
     from analysis.report import TABLE_COLUMNS, compare_runs, table_cells, table_markdown
 
-    rows = compare_runs(runs or sorted(p.parent for p in runs_dir.glob("*/metrics.json")))
+    # Every run under --runs: the networks beyond the paper have no Table I row to sit beside.
+    found = sorted(p.parent for p in runs_dir.glob("*/metrics.json"))
+    rows = compare_runs(runs or found, skip_others=not runs)
     if markdown is not None:
         from toolkit.fileio import atomic_path
 

@@ -233,12 +233,12 @@ def train(
     from analysis.claims import memory_claim
     from analysis.train_bench import bench_train_step
     from toolkit.errors import RtkError
-    from toolkit.models import architecture_names, get_architecture
+    from toolkit.models import PAPER, architecture_names, get_architecture
     from toolkit.training import resolve_device
 
     if batch_size < 1:
         raise RtkError(f"--batch-size must be at least 1, got {batch_size}")
-    names = [get_architecture(a).name for a in archs or []] or architecture_names()
+    names = [get_architecture(a).name for a in archs or []] or architecture_names(PAPER)
     device = resolve_device(device)
     results = [bench_train_step(name, batch=batch_size, device=device) for name in names]
     verdict = memory_claim(results)

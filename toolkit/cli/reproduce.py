@@ -27,7 +27,7 @@ def reproduce(
     from toolkit.cli.train import RichObserver
     from toolkit.data import load_dataset
     from toolkit.errors import RtkError
-    from toolkit.models import architecture_names
+    from toolkit.models import PAPER, architecture_names
 
     if budget not in BUDGETS:
         raise RtkError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
@@ -36,7 +36,7 @@ def reproduce(
     observer = None if quiet else RichObserver(err_console, progress=True)
     result = run(
         budget=chosen,
-        models=models or architecture_names(),
+        models=models or architecture_names(PAPER),
         out=out,
         dataset=load_dataset(data, announce=notice),
         say=notice,

@@ -127,7 +127,9 @@ def _launch_torchrun(nproc: int, run_path: Path) -> int:
 
 def train(
     archs: list[str] = typer.Argument(
-        None, help="Architectures to train (see `rtk models`), or `all`.", show_default=False
+        None,
+        help="Architectures to train (see `rtk models`), or `all` for the paper's four.",
+        show_default=False,
     ),
     recipe: str | None = typer.Option(
         None,
@@ -202,7 +204,7 @@ def train(
 ) -> None:
     """Train architectures with the paper's recipe (or --recipe sgd|fast); test the best
     weights."""
-    from toolkit.models import architecture_names, get_architecture
+    from toolkit.models import PAPER, architecture_names, get_architecture
     from toolkit.training import ConfigError, make_config
 
     archs = archs or []
@@ -210,7 +212,8 @@ def train(
         raise ConfigError("name an architecture to train (or `all`), or pass --resume RUN_DIR")
     if resume is not None and archs:
         raise ConfigError("--resume continues the run's own architecture; name none")
-    names = architecture_names() if archs == ["all"] else [get_architecture(a).name for a in archs]
+    all_four = archs == ["all"]  # the paper's models; the seeds' networks are named one by one
+    names = architecture_names(PAPER) if all_four else [get_architecture(a).name for a in archs]
     overrides = {
         "epochs": epochs,
         "batch_size": batch_size,

@@ -1,9 +1,13 @@
-"""The paper's four architectures, built by name from one registry."""
+"""Every architecture rtk builds (the paper's four and the seeds' networks), by name from one
+registry."""
 
 from toolkit.models.base import Classifier, WeightLayer, stage_of
 from toolkit.models.inference import autocast, batched_logits
 from toolkit.models.registry import (
+    GROUPS,
+    PAPER,
     Architecture,
+    Published,
     architecture_names,
     architectures,
     build_model,
@@ -12,8 +16,11 @@ from toolkit.models.registry import (
 )
 
 __all__ = [
+    "GROUPS",
+    "PAPER",
     "Architecture",
     "Classifier",
+    "Published",
     "WeightLayer",
     "architecture_names",
     "architectures",

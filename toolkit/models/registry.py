@@ -17,17 +17,37 @@ from toolkit.models.resnet import ResNet
 
 MODEL_CLASSES: dict[str, type[Classifier]] = {"ResNet": ResNet, "BaselineCNN": BaselineCNN}
 
+# Where each family of networks comes from. The paper's group is the one Table I, `rtk
+# reproduce`, `rtk train all` and the claims use; the others are there to go beyond it.
+PAPER = "paper"
+GROUPS: dict[str, str] = {
+    PAPER: "Liu & Goh 2025 (arXiv 2510.24036): the paper's four models, Table I",
+    "seed003": "seeds/003: a slim ResNet-18 (stem 3->16, padding 3; 16-128 wide)",
+    "he2015": "He et al. 2015, Sec. 4.2: CIFAR ResNets (option-A shortcuts) and plain twins",
+    "seed004": "seeds/004: ResNet-34, bottleneck ResNet-50 and ResNeXt on the CIFAR stem",
+}
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a source reports for a network, to set beside this machine's figures; a figure
+    the source does not give stays None."""
+
+    source: str  # the table or text the figures come from
+    name: str  # the network's name there
+    params: int | None = None  # the exact count of the structure it describes (it rounds it)
+    test_acc: float | None = None  # CIFAR-10 top-1 test accuracy
+    train_min: float | None = None  # training time in minutes, on the source's hardware
+
 
 @dataclass(frozen=True)
 class Architecture:
     name: str
-    paper_name: str  # as Table I of the paper writes it
-    paper_params: int  # the exact count the paper's structure gives (paper-spec.md)
-    paper_test_acc: float  # Table I
-    paper_train_min: float  # Table I, training time in minutes (the paper's hardware)
+    group: str  # a key of GROUPS: which source the network comes from
     description: str
     model_class: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    published: Published | None = None  # None: the source publishes no figure for it
 
     @property
     def num_classes(self) -> int:
@@ -56,17 +76,24 @@ _REGISTRY: dict[str, Architecture] = {}
 def register(arch: Architecture) -> Architecture:
     if arch.name in _REGISTRY:
         raise ValueError(f"architecture {arch.name!r} is registered twice")
+    if arch.group not in GROUPS:
+        raise ValueError(f"{arch.name}: unknown group {arch.group!r}; known: {', '.join(GROUPS)}")
+    figures = arch.published
+    if arch.group == PAPER and (
+        figures is None or None in (figures.params, figures.test_acc, figures.train_min)
+    ):
+        raise ValueError(f"{arch.name}: a paper model needs its Table I figures")
     _REGISTRY[arch.name] = arch
     return arch
 
 
-def architectures() -> list[Architecture]:
-    """Every registered architecture, in the paper's order."""
-    return list(_REGISTRY.values())
+def architectures(group: str | None = None) -> list[Architecture]:
+    """Every registered architecture (or one group's), the paper's four first, in its order."""
+    return [a for a in _REGISTRY.values() if group is None or a.group == group]
 
 
-def architecture_names() -> list[str]:
-    return list(_REGISTRY)
+def architecture_names(group: str | None = None) -> list[str]:
+    return [a.name for a in architectures(group)]
 
 
 def get_architecture(name: str) -> Architecture:
@@ -84,14 +111,13 @@ def create_model(name: str, **overrides: Any) -> Classifier:
 
 
 _STAGES = {"blocks": (2, 2, 2, 2)}
+_TABLE_ONE = "Liu & Goh 2025, Table I"
 
 register(
     Architecture(
         name="baseline-cnn",
-        paper_test_acc=0.841,
-        paper_train_min=2,
-        paper_name="Baseline CNN",
-        paper_params=391_946,
+        group=PAPER,
+        published=Published(_TABLE_ONE, "Baseline CNN", 391_946, test_acc=0.841, train_min=2),
         description="plain CNN: 4 conv-BN-ReLU-maxpool blocks, 32-256 wide",
         model_class="BaselineCNN",
         kwargs={"widths": (32, 64, 128, 256)},
@@ -100,10 +126,8 @@ register(
 register(
     Architecture(
         name="mini-resnet",
-        paper_test_acc=0.87,
-        paper_train_min=7,
-        paper_name="Mini-ResNet",
-        paper_params=2_798_698,
+        group=PAPER,
+        published=Published(_TABLE_ONE, "Mini-ResNet", 2_798_698, test_acc=0.87, train_min=7),
         description="ResNet: 4 stages x 2 blocks, 32-256 wide, all strided",
         model_class="ResNet",
         kwargs={"stem_width": 32, "widths": (32, 64, 128, 256), "first_stride": 2, **_STAGES},
@@ -112,10 +136,10 @@ register(
 register(
     Architecture(
         name="resnet18",
-        paper_test_acc=0.899,
-        paper_train_min=24,
-        paper_name="ResNet-18 (With Skip)",
-        paper_params=11_173_962,
+        group=PAPER,
+        published=Published(
+            _TABLE_ONE, "ResNet-18 (With Skip)", 11_173_962, test_acc=0.899, train_min=24
+        ),
         description="CIFAR ResNet-18: 4 stages x 2 blocks, 64-512 wide",
         model_class="ResNet",
         kwargs={"stem_width": 64, "widths": (64, 128, 256, 512), "first_stride": 1, **_STAGES},
@@ -124,10 +148,10 @@ register(
 register(
     Architecture(
         name="resnet18-noskip",
-        paper_test_acc=0.86,
-        paper_train_min=210,
-        paper_name="ResNet-18 (No Skip)",
-        paper_params=11_000_138,
+        group=PAPER,
+        published=Published(
+            _TABLE_ONE, "ResNet-18 (No Skip)", 11_000_138, test_acc=0.86, train_min=210
+        ),
         description="ResNet-18 with every shortcut removed",
         model_class="ResNet",
         kwargs={
@@ -137,5 +161,112 @@ register(
             "skip": False,
             **_STAGES,
         },
+    )
+)
+
+# Beyond the paper. None of these sources uses dropout, so their models are built without it
+# (training still takes its dropout from the recipe or --dropout, as for every model).
+register(
+    Architecture(
+        name="slim-resnet18",
+        group="seed003",
+        published=Published(
+            "seeds/003: about 91% after 60 epochs of SGD", "ResNet-18", test_acc=0.91
+        ),
+        description="seed 003's ResNet-18: stem 3->16 with padding 3, 4 stages x 2, 16-128 wide",
+        model_class="ResNet",
+        kwargs={
+            "stem_width": 16,
+            "stem_padding": 3,  # as the seed writes it: 32x32 becomes 36x36
+            "widths": (16, 32, 64, 128),
+            "first_stride": 1,
+            "dropout": 0.0,
+            **_STAGES,
+        },
+    )
+)
+
+# He et al. 2015, Sec. 4.2: 6n+2 layers, three stages of n basic blocks 16-32-64 wide,
+# parameter-free option-A shortcuts; Table 6's CIFAR-10 test error (%) and the exact count
+# of that structure (Table 6 rounds it: 0.27M ... 1.7M).
+_HE_TABLE_6 = {20: (8.75, 269_722), 32: (7.51, 464_154), 44: (7.17, 658_586),
+               56: (6.97, 853_018), 110: (6.43, 1_727_962)}  # fmt: skip
+for _depth, (_error_pct, _params) in _HE_TABLE_6.items():
+    _he_kwargs = {
+        "stem_width": 16,
+        "widths": (16, 32, 64),
+        "blocks": ((_depth - 2) // 6,) * 3,
+        "first_stride": 1,
+        "shortcut": "A",
+        "dropout": 0.0,
+    }
+    register(
+        Architecture(
+            name=f"resnet{_depth}",
+            group="he2015",
+            published=Published(
+                "He et al. 2015, Table 6",
+                f"ResNet-{_depth}",
+                _params,
+                test_acc=round(1 - _error_pct / 100, 4),
+            ),
+            description=f"He et al.'s CIFAR ResNet-{_depth}: 3 stages x {(_depth - 2) // 6}, "
+            "16-64 wide, option-A shortcuts"
+            + (" (Table 6's best of 5; mean 6.61% error)" if _depth == 110 else ""),
+            model_class="ResNet",
+            kwargs=_he_kwargs,
+        )
+    )
+for _depth in _HE_TABLE_6:
+    register(
+        Architecture(
+            name=f"plain{_depth}",
+            group="he2015",
+            description=f"resnet{_depth} without shortcuts (He et al.'s plain-{_depth}, "
+            "Fig. 6: training curves only)",
+            model_class="ResNet",
+            kwargs={**get_architecture(f"resnet{_depth}").kwargs, "skip": False},
+        )
+    )
+
+# seeds/004: ResNet-34 against "a plain CNN of the same depth", its bottleneck "ResNet-50-like"
+# conversion, and ResNeXt's grouped block; torchvision's layouts on the CIFAR stem (3x3,
+# stride 1, no max-pool). The seed publishes no figures for them.
+_R34 = {"stem_width": 64, "widths": (64, 128, 256, 512), "blocks": (3, 4, 6, 3),
+        "first_stride": 1, "dropout": 0.0}  # fmt: skip
+register(
+    Architecture(
+        name="resnet34",
+        group="seed004",
+        description="CIFAR ResNet-34: 4 stages x (3, 4, 6, 3) basic blocks, 64-512 wide",
+        model_class="ResNet",
+        kwargs=_R34,
+    )
+)
+register(
+    Architecture(
+        name="resnet34-noskip",
+        group="seed004",
+        description="ResNet-34 with every shortcut removed (seed 004's plain CNN of that depth)",
+        model_class="ResNet",
+        kwargs={**_R34, "skip": False},
+    )
+)
+register(
+    Architecture(
+        name="resnet50",
+        group="seed004",
+        description="CIFAR ResNet-50: ResNet-34's layout in bottleneck blocks (x4), 256-2048 out",
+        model_class="ResNet",
+        kwargs={**_R34, "block": "bottleneck"},
+    )
+)
+register(
+    Architecture(
+        name="resnext50-32x4d",
+        group="seed004",
+        description="CIFAR ResNeXt-50 (32x4d): ResNet-50 with 32 groups of 4 in each 3x3",
+        model_class="ResNet",
+        kwargs={**_R34, "block": "bottleneck", "groups": 32, "width_per_group": 4},
     )
 )

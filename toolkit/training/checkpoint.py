@@ -114,14 +114,12 @@ def _check_model(path: Path, payload: dict[str, Any]) -> None:
     kwargs = payload.get("model_kwargs")
     if payload.get("model_class") != arch.model_class or not isinstance(kwargs, dict):
         raise CheckpointError(f"{path} does not describe rtk's {arch.name}; use one rtk wrote")
+    # The dropout is a training setting (the recipe's), whatever the registry builds by default.
     structural = {k: _listed(v) for k, v in kwargs.items() if k != "dropout"}
+    registered = {k: _listed(v) for k, v in arch.kwargs.items() if k != "dropout"}
     differing = sorted(
-        structural.keys() ^ arch.kwargs.keys()
-        | {
-            k
-            for k in structural.keys() & arch.kwargs.keys()
-            if structural[k] != _listed(arch.kwargs[k])
-        }
+        structural.keys() ^ registered.keys()
+        | {k for k in structural.keys() & registered.keys() if structural[k] != registered[k]}
     )
     dropout = kwargs.get("dropout", 0.0)
     if not isinstance(dropout, float | int) or not 0 <= dropout < 1:
