@@ -30,7 +30,7 @@ class Verdict:
     evidence: str
 
 
-def _judge(holds: bool) -> Judgement:
+def judge(holds: bool) -> Judgement:
     return "supported" if holds else "not supported"
 
 
@@ -55,7 +55,7 @@ def accuracy_claim(rows: list[CompareRow]) -> Verdict:
         + " > ".join(f"{a} {acc[a]:.1%}" for a in ranked)
         + "; rule: the paper's ranking and a positive gap"
     )
-    return Verdict(claim, _judge(holds), evidence)
+    return Verdict(claim, judge(holds), evidence)
 
 
 def convergence_claim(histories: dict[str, list[dict[str, Any]]]) -> Verdict:
@@ -75,7 +75,7 @@ def convergence_claim(histories: dict[str, list[dict[str, Any]]]) -> Verdict:
         parts.append(f"{residual} ahead of {plain} in {ahead}/{common} epochs")
     if not total:
         return Verdict(claim, "not measured", "needs a residual run and its plain counterpart")
-    verdict = _judge(wins > total / 2)
+    verdict = judge(wins > total / 2)
     return Verdict(claim, verdict, "; ".join(parts) + "; rule: ahead in most shared epochs")
 
 
@@ -103,7 +103,7 @@ def gradient_claim(profiles: dict[str, GradientProfile]) -> Verdict:
         f"({skip.at} weights); "
         + "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks.items())
     )
-    return Verdict(claim, _judge(all(checks.values())), evidence)
+    return Verdict(claim, judge(all(checks.values())), evidence)
 
 
 def ablation_claim(rows: list[CompareRow], profiles: dict[str, GradientProfile]) -> Verdict:
@@ -126,7 +126,7 @@ def ablation_claim(rows: list[CompareRow], profiles: dict[str, GradientProfile])
         f"accuracy {acc['resnet18-noskip']:.1%} without skips vs {acc['resnet18']:.1%} with; "
         f"first-layer gradient RMS {plain_first:.3g} vs {skip_first:.3g}"
     )
-    return Verdict(claim, _judge(lower_acc and lower_flow), evidence)
+    return Verdict(claim, judge(lower_acc and lower_flow), evidence)
 
 
 def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any]]]) -> Verdict:
@@ -139,7 +139,7 @@ def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any
         return Verdict(claim, "not measured", "needs both ResNet-18 runs")
     a, b = by["resnet18"], by["resnet18-noskip"]
     if a.stopped_early or b.stopped_early:
-        verdict = _judge(a.epochs < b.epochs)
+        verdict = judge(a.epochs < b.epochs)
         return Verdict(claim, verdict, f"ResNet-18 ran {a.epochs} epochs, no-skip {b.epochs}")
     skip = [r["val_acc"] for r in histories.get("resnet18", [])]
     plain = [r["val_acc"] for r in histories.get("resnet18-noskip", [])]
@@ -161,7 +161,7 @@ def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any
         )
         + "; rule: reached in fewer epochs"
     )
-    verdict = _judge(reached is not None and reached < len(plain))
+    verdict = judge(reached is not None and reached < len(plain))
     return Verdict(claim, verdict, evidence)
 
 
@@ -173,7 +173,7 @@ def memory_claim(results: list[TrainStepResult]) -> Verdict:
         return Verdict(claim, "not measured", "bench resnet18 and resnet18-noskip together")
     skip, plain = by_arch["resnet18"], by_arch["resnet18-noskip"]
     ratio = skip.memory_mb / plain.memory_mb
-    verdict = _judge(ratio <= MODEST_MEMORY)
+    verdict = judge(ratio <= MODEST_MEMORY)
     evidence = (
         f"resnet18 {skip.memory_mb:.1f} MiB vs resnet18-noskip {plain.memory_mb:.1f} MiB "
         f"= {ratio:.3f}x at batch {skip.batch} ({skip.memory_method}; modest means "
@@ -203,7 +203,7 @@ def latency_claim(rows: list[BenchRow], provider: str) -> Verdict:
             f"batch {batch}: {slow} {means[slow]:.2f} ms / {fast} {means[fast]:.2f} ms "
             f"= {ratio:.1f}x"
         )
-    verdict = _judge(worst <= SIMILAR_LATENCY)
+    verdict = judge(worst <= SIMILAR_LATENCY)
     return Verdict(
         claim,
         verdict,

@@ -109,3 +109,31 @@ def gradients_over_training(label: str, rows: list[dict[str, Any]], path: Path) 
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     return _save(figure, path)
+
+
+def depth_curves(
+    curves: dict[str, list[tuple[int, float, float | None]]], *, skips: dict[str, bool], path: Path
+) -> Path:
+    """He et al.'s Fig. 6: error per epoch, plain networks left and residual ones right, one
+    color per network (deeper: darker), training error dashed and validation error solid.
+    ``curves`` maps a network to its (epoch, training error, validation error) points."""
+    figure, panels = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    colors = plt.get_cmap("plasma")
+    for axes, skip, title in ((panels[0], False, "plain"), (panels[1], True, "residual")):
+        names = [name for name in curves if skips[name] == skip]
+        for index, name in enumerate(names):
+            color = colors(0.8 * (1 - index / max(len(names) - 1, 1)))
+            epochs = [e for e, _, _ in curves[name]]
+            axes.plot(epochs, [t * 100 for _, t, _ in curves[name]], "--", color=color)
+            val = [(e, v * 100) for e, _, v in curves[name] if v is not None]
+            if val:
+                axes.plot(*zip(*val, strict=True), "-", color=color, linewidth=2)
+            axes.plot([], [], "-", color=color, label=name)  # one legend entry per network
+        axes.set_title(f"{title} networks")
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    panels[0].set_ylabel("error (%)")
+    figure.suptitle("Error per epoch by depth (dashed: training, solid: validation)")
+    return _save(figure, path)

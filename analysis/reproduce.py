@@ -131,9 +131,11 @@ def budget_config(arch: str, budget: Budget) -> TrainConfig:
     )
 
 
-def _train(
-    arch: str, run: Path, budget: Budget, dataset: Dataset, observer: Observer | None
+def train_run(
+    config: TrainConfig, run: Path, dataset: Dataset, observer: Observer | None, *, rerun: str
 ) -> str:
+    """Train ``config`` into ``run`` unless it is there: a finished run is reused, a started
+    one resumed with its own settings. ``rerun`` is the command that continues after Ctrl-C."""
     rundir = RunDir(run)
     if rundir.finished:
         return "reused"
@@ -141,20 +143,19 @@ def _train(
         if rundir.started:
             Trainer(resume_config(run), dataset, run, observer=observer, resume=True).run()
             return "resumed"
-        Trainer(budget_config(arch, budget), dataset, run, observer=observer).run()
+        Trainer(config, dataset, run, observer=observer).run()
     except TrainingInterrupted:
         raise TrainingInterrupted(
-            f"interrupted; {run} keeps every finished epoch: rerun `rtk reproduce --budget "
-            f"{budget.name} --out {run.parent.parent}` to continue"
+            f"interrupted; {run} keeps every finished epoch: rerun `{rerun}` to continue"
         ) from None
     return "trained"
 
 
-def _settings_apart(arch: str, run: Path, budget: Budget) -> str:
-    """How a run's stored settings differ from what ``budget`` would train ('' if they don't):
-    a reused or resumed run keeps the settings it was started with."""
+def settings_apart(run: Path, config: TrainConfig) -> str:
+    """How a run's stored settings differ from ``config`` ('' if they don't): a reused or
+    resumed run keeps the settings it was started with."""
     stored = RunDir.open(run).read_config()["settings"]
-    wanted = json.loads(json.dumps(budget_config(arch, budget).to_dict()))
+    wanted = json.loads(json.dumps(config.to_dict()))
     apart = [f"{k} {stored.get(k)} (budget: {v})" for k, v in wanted.items() if stored.get(k) != v]
     return ", ".join(apart)
 
@@ -175,8 +176,10 @@ def reproduce(
     figures = out / "figures"
     apart: dict[str, str] = {}  # runs trained under other settings than this budget's
     for arch, run in runs.items():
-        say(f"{arch}: {_train(arch, run, budget, dataset, observer)} ({run})")
-        if difference := _settings_apart(arch, run, budget):
+        config = budget_config(arch, budget)
+        rerun = f"rtk reproduce --budget {budget.name} --out {out}"
+        say(f"{arch}: {train_run(config, run, dataset, observer, rerun=rerun)} ({run})")
+        if difference := settings_apart(run, config):
             apart[arch] = difference
         onnx_file = run / "model.onnx"
         if not onnx_file.is_file() or onnx_file.stat().st_mtime < RunDir(run).best.stat().st_mtime:

@@ -142,3 +142,20 @@ def test_resumed_fast_run_has_the_history_of_an_uninterrupted_one(dataset: Datas
     assert _history(resumed) == _history(straight)  # lr per epoch included
     assert resumed.test_acc == straight.test_acc and resumed.test_acc_tta == straight.test_acc_tta
     assert len({r.lr for r in straight.history}) == 3  # the schedule moved every epoch
+
+
+def test_seed003_recipe_trains_the_slim_resnet18_as_the_seed_did(dataset: Dataset, tmp_path: Path):
+    config = make_config("slim-resnet18", "seed003")
+    assert (config.optimizer, config.lr, config.momentum) == ("sgd", 0.1, 0.9)
+    assert config.batch_size == 64
+    assert (config.scheduler, config.milestones, config.gamma) == ("multistep", (30, 45), 0.1)
+    assert (config.epochs, config.weight_decay, config.patience) == (60, 0.0, 0)
+    # The seed's head has no dropout, and it reports its final weights.
+    short = make_config(
+        "slim-resnet18", "seed003", epochs=2, milestones=(1,), train_subset=64, val_size=50
+    )
+    trainer = Trainer(short, dataset, tmp_path / "run")
+    assert trainer.model.dropout.p == 0.0
+    result = trainer.run()
+    assert [round(r.lr, 6) for r in result.history] == [0.1, 0.01]
+    assert result.best_epoch == 2

@@ -23,6 +23,7 @@ from toolkit.cli import doctor as doctor_cmd
 from toolkit.cli import export as export_cmd
 from toolkit.cli import models as models_cmd
 from toolkit.cli import reproduce as reproduce_cmd
+from toolkit.cli import study as study_cmd
 from toolkit.cli import train as train_cmd
 from toolkit.cli.output import err_console
 from toolkit.errors import RtkError
@@ -111,6 +112,7 @@ app.command("predict")(export_cmd.predict)
 app.command("view")(export_cmd.view)
 app.add_typer(bench_cmd.app, name="bench")
 app.command("reproduce")(reproduce_cmd.reproduce)
+app.add_typer(study_cmd.app, name="study")
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(analyze_cmd.analyze_app, name="analyze")

@@ -133,8 +133,9 @@ def train(
     ),
     recipe: str | None = typer.Option(
         None,
-        help="paper (Adam, plateau, early stop), sgd (the seeds' SGD) or fast (per-step "
-        f"schedule, for a CPU budget) {_default('recipe')}.",
+        help="paper (Adam, plateau, early stop), sgd (seed 003's SGD), seed003 (sgd as seed 003 "
+        f"trained its slim ResNet-18) or fast (per-step schedule, for a CPU budget) "
+        f"{_default('recipe')}.",
     ),
     epochs: int | None = typer.Option(None, help=f"Maximum epochs {_default('epochs')}."),
     batch_size: int | None = typer.Option(
@@ -202,7 +203,7 @@ def train(
     quiet: bool = typer.Option(False, help="No progress bars or epoch lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Train architectures with the paper's recipe (or --recipe sgd|fast); test the best
+    """Train architectures with the paper's recipe (or --recipe sgd|seed003|fast); test the best
     weights."""
     from toolkit.models import PAPER, architecture_names, get_architecture
     from toolkit.training import ConfigError, make_config

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from analysis.depth import (
+    DEPTH_BUDGETS,
+    DepthRun,
+    EpochErrors,
+    degradation_claim,
+    depth_study,
+    study_configs,
+)
+from tests.test_training import _InterruptAt
+from toolkit.cli.app import app
+from toolkit.data import load_dataset
+from toolkit.training import TrainingInterrupted
+
+
+def rtk(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+
+
+def test_quick_budget_trains_both_kinds_per_depth_reports_and_reuses(
+    imagefolder: Path, tmp_path: Path
+):
+    # The quick budget as `rtk study depth` runs it, on the tiny real dataset: its validation
+    # split is the only setting that must shrink to fit 200 images.
+    args = ["study", "depth", "--depth", "32", "--depth", "20", "--data", str(imagefolder),
+            "--out", str(tmp_path), "--val-size", "40", "--quiet", "--json"]  # fmt: skip
+    result = rtk(*args)
+    assert result.exit_code == 0, result.stderr
+    study = json.loads(result.stdout)
+    assert study["budget"] == "quick" and study["depths"] == [20, 32]
+    runs = {r["arch"]: r for r in study["runs"]}
+    assert list(runs) == ["plain20", "resnet20", "plain32", "resnet32"]
+    assert {(r["depth"], r["skip"]) for r in runs.values()} == {
+        (20, False), (20, True), (32, False), (32, True),
+    }  # fmt: skip
+    assert runs["resnet20"]["params"] == 269_722
+    epochs = DEPTH_BUDGETS["quick"].overrides["epochs"]
+    for run in runs.values():
+        assert [e["epoch"] for e in run["curve"]] == list(range(1, epochs + 1))
+        assert run["train_error"] == run["curve"][-1]["train_error"]
+        assert 0 <= run["test_error"] <= 1 and run["val_error"] is not None
+        settings = json.loads((Path(run["run"]) / "config.json").read_text())["settings"]
+        assert (settings["dropout"], settings["zero_init_residual"]) == (0.0, False)
+        assert settings["recipe"] == "fast" and settings["val_size"] == 40
+    assert study["verdict"]["verdict"] in ("supported", "not supported")
+    report = Path(study["report"]).read_text()
+    assert "Budget `quick`" in report and "overridden here: val_size 40" in report
+    for arch in runs:
+        assert f"| {arch} |" in report
+    assert study["verdict"]["evidence"] in report
+    with Image.open(study["figure"]) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1]
+    # A rerun trains nothing: every run is reused, its checkpoints untouched.
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/*.pt")}
+    again = rtk(*args[:-1])  # the table instead of JSON
+    assert again.exit_code == 0, again.stderr
+    assert again.stderr.count(": reused (") == 4
+    assert "Degradation" in again.stdout and "plain32" in again.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_ctrl_c_names_the_command_that_resumes(imagefolder: Path, tmp_path: Path):
+    rerun = f"rtk study depth --budget quick --out {tmp_path}"
+    with pytest.raises(TrainingInterrupted, match=rerun):
+        depth_study(
+            budget=DEPTH_BUDGETS["quick"], depths=[20], out=tmp_path,
+            dataset=load_dataset(imagefolder), overrides={"val_size": 40}, observer=_InterruptAt(2),
+        )  # fmt: skip
+    assert (tmp_path / "runs" / "plain20" / "last.pt").is_file()
+
+
+def test_budgets_share_one_recipe_without_dropout_or_zero_init():
+    quick = study_configs(DEPTH_BUDGETS["quick"], [56, 20])
+    full = study_configs(DEPTH_BUDGETS["full"], [20, 32, 56])
+    assert list(quick) == ["plain20", "resnet20", "plain56", "resnet56"]
+    for configs in (quick, full):
+        settings = [{k: v for k, v in c.to_dict().items() if k != "arch"} for c in configs.values()]
+        assert all(s == settings[0] for s in settings)  # plain and residual on equal terms
+        assert settings[0]["dropout"] == 0.0 and not settings[0]["zero_init_residual"]
+    assert quick["resnet20"].epochs < full["resnet20"].epochs
+    assert quick["resnet20"].train_subset == 5000 and full["resnet20"].train_subset is None
+
+
+def test_unknown_depth_is_one_line_before_any_work(tmp_path: Path):
+    result = rtk("study", "depth", "--depth", "21", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: no depth 21 in He et al.'s CIFAR family; choose from 20, 32, 44, 56, 110"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def _run(depth: int, skip: bool, train_error: float) -> DepthRun:
+    curve = [EpochErrors(1, train_error, None)]
+    arch = f"{'resnet' if skip else 'plain'}{depth}"
+    return DepthRun(arch, depth, skip, arch, 0, 1, train_error, None, 0.5, 1.0, curve)
+
+
+@pytest.mark.parametrize(
+    ("plain", "residual", "verdict"),
+    [
+        ((0.10, 0.12, 0.15), (0.10, 0.08, 0.07), "supported"),  # He et al.'s Fig. 6
+        ((0.10, 0.12, 0.09), (0.10, 0.08, 0.07), "not supported"),  # plain improves with depth
+        ((0.10, 0.12, 0.15), (0.10, 0.12, 0.11), "not supported"),  # residual degrades too
+    ],
+)
+def test_degradation_verdict_compares_the_deepest_with_the_shallowest(plain, residual, verdict):
+    runs = [_run(d, False, e) for d, e in zip((20, 32, 56), plain, strict=True)]
+    runs += [_run(d, True, e) for d, e in zip((20, 32, 56), residual, strict=True)]
+    judged = degradation_claim(runs)
+    assert judged.verdict == verdict
+    trend = f"plain 20: {plain[0]:.2%} -> 32: {plain[1]:.2%} -> 56: {plain[2]:.2%}"
+    assert trend in judged.evidence
+    assert degradation_claim(runs[:1] + runs[3:4]).verdict == "not measured"

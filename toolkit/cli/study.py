@@ -1,0 +1,71 @@
+"""``rtk study``: experiments beyond the paper, each into one resumable folder with a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from toolkit.cli.output import console, err_console, notice, print_json
+
+app = typer.Typer(help="Experiments beyond the paper (depth).", no_args_is_help=True)
+
+
+@app.command("depth")
+def depth(
+    budget: str = typer.Option(
+        "quick", help="quick (minutes: a first look) or full (10 epochs each: hours on a CPU)."
+    ),
+    depths: list[int] = typer.Option(
+        None, "--depth", help="Depths of He et al.'s CIFAR family to train [20, 32, 56]."
+    ),
+    out: Path = typer.Option(Path("study-depth"), help="Folder for runs, figure and DEPTH.md."),
+    data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
+    epochs: int | None = typer.Option(None, help="Epochs per network [the budget's]."),
+    train_subset: int | None = typer.Option(
+        None, help="Train on a seeded subset of N images [the budget's]."
+    ),
+    val_size: int | None = typer.Option(None, help="Validation images [the budget's]."),
+    quiet: bool = typer.Option(False, help="No training progress."),
+    as_json: bool = typer.Option(False, "--json", help="Print the study as JSON."),
+) -> None:
+    """Plain against residual networks at several depths (He et al.'s Fig. 6): training and
+    validation error per epoch, test error, and a verdict on degradation. Rerun to resume."""
+    from analysis.depth import DEFAULT_DEPTHS, DEPTH_BUDGETS, depth_study, study_configs
+    from toolkit.cli.train import RichObserver
+    from toolkit.data import load_dataset
+    from toolkit.errors import RtkError
+
+    if budget not in DEPTH_BUDGETS:
+        raise RtkError(f"unknown budget {budget!r}; choose one of: {', '.join(DEPTH_BUDGETS)}")
+    chosen = DEPTH_BUDGETS[budget]
+    depths = depths or list(DEFAULT_DEPTHS)
+    overrides = {"epochs": epochs, "train_subset": train_subset, "val_size": val_size}
+    study_configs(chosen, depths, overrides)  # a bad depth or setting fails before any work
+    notice(f"depth study, budget {budget}: {chosen.reduction}")
+    study = depth_study(
+        budget=chosen,
+        depths=depths,
+        out=out,
+        dataset=load_dataset(data, announce=notice),
+        overrides=overrides,
+        say=notice,
+        observer=None if quiet else RichObserver(err_console, progress=True),
+    )
+    if as_json:
+        print_json(study)
+        return
+    table = Table(title=f"Depth study ({study.budget} budget, {study.recipe} recipe)")
+    for column in ("depth", "network", "params", "epochs", "train err", "val err", "test err"):
+        table.add_column(column, justify="left" if column == "network" else "right")
+    for r in sorted(study.runs, key=lambda r: (r.depth, r.skip)):
+        val = "" if r.val_error is None else f"{r.val_error:.2%}"
+        table.add_row(
+            str(r.depth), r.arch, f"{r.params:,}", str(r.epochs), f"{r.train_error:.2%}", val,
+            f"{r.test_error:.2%}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"[bold]{study.verdict.claim}[/]: {study.verdict.verdict}")
+    console.print(f"{study.verdict.evidence}")
+    console.print(f"report: [bold]{study.report}[/]  figure: [bold]{study.figure}[/]")
