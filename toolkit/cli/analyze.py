@@ -1,4 +1,4 @@
-"""``rtk analyze`` (gradients, parameters, lesions) and ``rtk report``
+"""``rtk analyze`` (gradients, parameters, lesions, residual sizes) and ``rtk report``
 (confusion, classification, curves, the paper's Table I)."""
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ if TYPE_CHECKING:
     from analysis.claims import Verdict
     from analysis.lesion import LesionReport
     from analysis.metrics import ClassReport
+    from analysis.residuals import ResidualProfile
 
-analyze_app = typer.Typer(help="Gradient flow, parameter counts and lesions.", no_args_is_help=True)
+analyze_app = typer.Typer(
+    help="Gradient flow, parameter counts, lesions and residual sizes.", no_args_is_help=True
+)
 report_app = typer.Typer(help="Test-set reports, curves and Table I.", no_args_is_help=True)
 
 DataOption = typer.Option(None, "--data", help="Dataset path (see `rtk data info`).")
@@ -217,6 +220,59 @@ def _print_verdict(verdict: Verdict) -> None:
     color = {"supported": "green", "not supported": "red"}.get(verdict.verdict, "yellow")
     console.print(f"[bold]{verdict.claim}[/]: [{color}]{verdict.verdict}[/]", soft_wrap=True)
     console.print(f"  {verdict.evidence}", soft_wrap=True)
+
+
+@analyze_app.command("residuals")
+def residuals(
+    sources: list[str] = typer.Argument(
+        ..., help="Run directories, checkpoints or (with --at init) architecture names."
+    ),
+    at: str = typer.Option(
+        "both", help="init (the run's initial weights), best (its trained weights) or both."
+    ),
+    data: Path | None = DataOption,
+    images: int | None = ImagesOption,
+    seed: int = typer.Option(0, help="Seeds the test sample (and an architecture's weights)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Per block, ||F(x)|| / ||shortcut(x)|| over real test images (mean, spread), per stage,
+    and whether residuals stay small (ratio below 1) in each stage."""
+    from analysis.residuals import residual_sources
+    from toolkit.data import load_dataset
+    from toolkit.errors import RtkError
+
+    if at not in ("init", "best", "both"):
+        raise RtkError(f"--at takes init, best or both, got {at!r}")
+    ats = ["init", "best"] if at == "both" else [at]
+    dataset = load_dataset(data, announce=notice)
+    profiles = residual_sources(sources, dataset, ats=ats, images=images, seed=seed)
+    if as_json:
+        print_json(profiles)
+        return
+    for p in profiles:
+        _print_residuals(p)
+
+
+def _print_residuals(p: ResidualProfile) -> None:
+    if not p.applicable:
+        console.print(f"{p.model} at {p.at}: not applicable; {p.reason}", soft_wrap=True)
+        return
+    table = Table(
+        title=f"{p.model} at {p.at}: ||F(x)|| / ||shortcut(x)|| over {p.images:,} test images"
+    )
+    for column in ("block", "shortcut", "ratio", "+/- std", "||F(x)||", "||shortcut(x)||"):
+        table.add_column(column, justify="left" if column in ("block", "shortcut") else "right")
+    for b in p.blocks:
+        table.add_row(
+            b.block, b.shortcut, f"{b.ratio_mean:.3f}", f"{b.ratio_std:.3f}",
+            f"{b.branch_norm_mean:.3g}", f"{b.shortcut_norm_mean:.3g}",
+        )  # fmt: skip
+    console.print(table)
+    for s in p.stages:
+        console.print(
+            f"{s.stage}: mean ratio {s.ratio_mean:.3f}, largest block {s.ratio_max:.3f}; "
+            f"residuals stay small: {s.verdict.verdict}"
+        )
 
 
 def _predictions(source: Path, data: Path | None) -> object:
