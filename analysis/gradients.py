@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from analysis.sources import At, load_model
 from toolkit.data import Dataset, TensorLoader
 from toolkit.models import Classifier, stage_of
-from toolkit.training import ConfigError
 
 
 @dataclass(frozen=True)
@@ -111,32 +110,12 @@ def gradient_profile(
 
 
 def profile_source(
-    spec: str, dataset: Dataset, *, batches: int, at: str, batch_size: int = 64, seed: int = 0
+    spec: str, dataset: Dataset, *, batches: int, at: At, batch_size: int = 64, seed: int = 0
 ) -> GradientProfile:
-    """Gradients of an architecture (fresh weights) or a run (its ``best.pt``, or with
-    ``at='init'`` the run's own initial weights, rebuilt from its seed), on the same seeded
-    training batches for every model, without augmentation."""
-    from toolkit.models import build_model, create_model, get_architecture
-    from toolkit.training import RunDir
-
-    path = Path(spec)
-    if path.is_dir():
-        payload = RunDir.open(path).load_best()
-        label = path.name
-        if at == "best":
-            model = build_model(payload["model_class"], dict(payload["model_kwargs"]))
-            model.load_state_dict(payload["state_dict"])
-        else:
-            torch.manual_seed(int(payload["config"]["seed"]))  # the run's own initial weights
-            model = build_model(payload["model_class"], dict(payload["model_kwargs"]))
-            if payload["config"].get("zero_init_residual"):
-                model.zero_init_residual()
-    else:
-        if at != "init":
-            raise ConfigError(f"{spec} is an architecture: only --at init applies; name a run")
-        label = get_architecture(spec).name
-        torch.manual_seed(seed)
-        model = create_model(spec)
+    """Gradients of an architecture (fresh weights) or a run or checkpoint (its trained
+    weights, or with ``at='init'`` the run's own initial weights, rebuilt from its seed), on
+    the same seeded training batches for every model, without augmentation."""
+    source = load_model(spec, dataset, at=at, analysis="gradient", seed=seed)
     # Training images (never test images), in the same seeded order for every model.
     loader = TensorLoader(dataset.train, batch_size=batch_size, shuffle=True, seed=seed)
-    return gradient_profile(model, loader, batches=batches, label=label, at=at)
+    return gradient_profile(source.model, loader, batches=batches, label=source.label, at=at)

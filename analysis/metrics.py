@@ -10,15 +10,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
+from analysis.sources import SourceError, check_classes, read_checkpoint
 from exporters import metadata
 from exporters.errors import MetadataError
 from toolkit.data import Dataset, normalize
-from toolkit.errors import RtkError
 from toolkit.models import batched_logits
-
-
-class SourceError(RtkError):
-    """A run directory, checkpoint or model that cannot be evaluated."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +54,6 @@ class Confusion:
     accuracy: float
 
 
-def _check_classes(model_classes: list[str], dataset: Dataset, source: Path) -> None:
-    if list(model_classes) != list(dataset.classes):
-        raise SourceError(
-            f"{source} was trained on classes {model_classes}, but the dataset has "
-            f"{list(dataset.classes)}; point --data at the data the model was trained for"
-        )
-
-
 def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Predictions:
     """Top-1 predictions on the whole test split from a run directory, a ``.pt`` checkpoint
     (PyTorch, fp32) or an ``.onnx`` model (ONNX Runtime on the CPU)."""
@@ -83,16 +71,16 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
                 f"{source} carries no class names ({metadata.CLASSES}); export it with `rtk export`"
             )
         classes = json.loads(props[metadata.CLASSES])
-        _check_classes(classes, dataset, source)
+        check_classes(classes, dataset, source)
         logits = run_onnx(session, normalize(images), batch_size)
         predicted = logits.argmax(1)
         engine = "onnxruntime"
     else:
-        from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
+        from toolkit.training import RunDir, model_from_checkpoint
 
-        payload = RunDir.open(source).load_best() if source.is_dir() else load_checkpoint(source)
+        payload = read_checkpoint(source)
         classes = list(payload["classes"])
-        _check_classes(classes, dataset, source)
+        check_classes(classes, dataset, source)
         # A finished run kept the predictions of its own test pass: the same weights, the
         # same images, the same PyTorch forward; no need to run 10,000 images again.
         stored = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from analysis.gradients import GradientProfile
+from analysis.lesion import LesionReport
 from analysis.metrics import Confusion
 from toolkit.fileio import atomic_path
 
@@ -136,4 +138,47 @@ def depth_curves(
         axes.legend(fontsize=8)
     panels[0].set_ylabel("error (%)")
     figure.suptitle("Error per epoch by depth (dashed: training, solid: validation)")
+
+
+def lesion_curves(report: LesionReport, path: Path) -> Path:
+    """Veit et al.'s Fig. 3 and 5 side by side: test accuracy with each block removed alone
+    (blocks that cannot be removed marked at the bottom), and with k random blocks removed
+    together (mean over the draws, the band from the lowest to the highest draw)."""
+    figure, (blocks, counts) = plt.subplots(1, 2, figsize=(14, 5.5))
+    names = list(dict.fromkeys(row.block for s in report.studies for row in s.blocks))
+    for study in report.studies:
+        kind = "residual" if study.residual else "plain"
+        label = f"{study.model} ({kind}, {study.accuracy:.1%} intact)"
+        where = [names.index(row.block) for row in study.blocks]
+        # NaN where a block cannot be removed, so the line breaks there instead of bridging it.
+        accuracy = [math.nan if row.accuracy is None else row.accuracy for row in study.blocks]
+        (line,) = blocks.plot(where, accuracy, marker="o", markersize=4, label=label)
+        blocks.axhline(study.accuracy, color=line.get_color(), linestyle="--", linewidth=0.8)
+        impossible = [x for x, row in zip(where, study.blocks, strict=True) if not row.removable]
+        if impossible:
+            blocks.plot(impossible, [0.0] * len(impossible), "x", color=line.get_color(),
+                        markersize=9, label=f"{study.model}: cannot be removed")  # fmt: skip
+        k = [r.removed for r in study.removals]
+        counts.plot(k, [r.accuracy_mean for r in study.removals], marker="o", markersize=4,
+                    color=line.get_color(), label=label)  # fmt: skip
+        counts.fill_between(k, [r.accuracy_min for r in study.removals],
+                            [r.accuracy_max for r in study.removals], color=line.get_color(),
+                            alpha=0.2)  # fmt: skip
+    chance = report.studies[0].chance if report.studies else 0.0
+    for axes in (blocks, counts):
+        axes.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+        axes.set_ylim(-0.03, 1.0)
+        axes.set_ylabel("test accuracy")
+        axes.grid(alpha=0.3)
+    blocks.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    blocks.set_xlabel("block removed (dashed: nothing removed)")
+    blocks.set_title("one block removed at a time (Veit et al., Fig. 3)")
+    counts.xaxis.set_major_locator(MaxNLocator(integer=True))
+    counts.set_xlabel(
+        f"k blocks drawn at random ({report.draws} draws each; band: lowest to highest)"
+    )
+    counts.set_title("k random blocks removed together (Fig. 5)")
+    blocks.legend(fontsize=8)
+    images = report.studies[0].images if report.studies else 0
+    figure.suptitle(f"Lesion study on {images:,} test images")
     return _save(figure, path)

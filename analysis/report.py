@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.metrics import SourceError
+from analysis.sources import SourceError
 from toolkit.models import PAPER, Architecture, Published, architecture_names, get_architecture
 from toolkit.training.rundir import RunDir
 

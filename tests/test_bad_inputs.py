@@ -82,6 +82,10 @@ def report(kind: str, *extra: str) -> list[str]:
     return ["report", kind, "{ws}/ckpt.pt", "--data", "{data}", *extra]
 
 
+def analyze(kind: str, source: str, *extra: str) -> list[str]:
+    return ["analyze", kind, source, "--data", "{data}", *extra]
+
+
 # --- setups: each makes one bad input from real files -------------------------------------
 
 
@@ -144,6 +148,10 @@ def _huge_file(ws: Workspace) -> None:
     shutil.copy(ws.image, path)
     with path.open("r+b") as handle:
         handle.truncate(65 * 2**20)  # sparse: a 65 MiB file that takes no disk space
+
+
+def _resnet20_checkpoint(ws: Workspace) -> None:
+    save_checkpoint(ws.root / "resnet20.pt", initial_checkpoint("resnet20", list(CLASSES)))
 
 
 def _foreign_weights(payload: dict) -> None:
@@ -276,6 +284,24 @@ ROWS = [
         "cannot write"),
     Row("export-out-unwritable", export("{ws}/ckpt.pt", "--out", "{ws}/file/onnx"), 2,
         "cannot write"),
+    # lesions and residual sizes need PyTorch weights with residual blocks
+    Row("lesion-onnx", analyze("lesion", "{ws}/model.onnx"), 2,
+        "the lesion analysis needs the PyTorch weights"),
+    Row("residuals-onnx", analyze("residuals", "{ws}/model.onnx"), 2,
+        "the residual analysis needs the PyTorch weights"),
+    Row("lesion-architecture", analyze("lesion", "resnet20"), 2, "has no trained weights"),
+    Row("lesion-missing", analyze("lesion", "{ws}/runs/nothing"), 2, "does not exist"),
+    Row("lesion-no-blocks", analyze("lesion", "{ws}/ckpt.pt"), 2, "has no residual blocks"),
+    Row("lesion-draws", analyze("lesion", "{ws}/ckpt.pt", "--draws", "0"), 2,
+        "--draws must be positive"),
+    Row("lesion-images", analyze("lesion", "{ws}/ckpt.pt", "--images", "0"), 2,
+        "--images must be positive"),
+    Row("lesion-out-unwritable", analyze("lesion", "{ws}/resnet20.pt", "--images", "10",
+        "--draws", "1", "--out", "{ws}/file/l.png"), 2, "cannot write", _resnet20_checkpoint),
+    Row("residuals-at", analyze("residuals", "{ws}/ckpt.pt", "--at", "last"), 2,
+        "--at takes init, best or both"),
+    Row("residuals-init-untrained", analyze("residuals", "{ws}/ckpt.pt", "--at", "init"), 2,
+        "records no training settings"),
     # run folders: what a kill or a hand edit leaves
     Row("history-torn", ["report", "curves", "{ws}/runs/r"], 2, "line 2 is not a whole epoch",
         setup=_run_folder({"history.jsonl": _EPOCH + '{"epoch": 2, "train_lo'})),

@@ -1,5 +1,5 @@
-"""``rtk analyze`` (gradients, parameters) and ``rtk report`` (confusion, classification,
-curves, the paper's Table I)."""
+"""``rtk analyze`` (gradients, parameters, lesions, residual sizes) and ``rtk report``
+(confusion, classification, curves, the paper's Table I)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,31 @@ from rich.table import Table
 from toolkit.cli.output import console, err_console, notice, print_json
 
 if TYPE_CHECKING:
+    from analysis.claims import Verdict
+    from analysis.lesion import LesionReport
     from analysis.metrics import ClassReport
+    from analysis.residuals import ResidualProfile
 
-analyze_app = typer.Typer(help="Gradient flow and parameter counts.", no_args_is_help=True)
+analyze_app = typer.Typer(
+    help="Gradient flow, parameter counts, lesions and residual sizes.", no_args_is_help=True
+)
 report_app = typer.Typer(help="Test-set reports, curves and Table I.", no_args_is_help=True)
 
 DataOption = typer.Option(None, "--data", help="Dataset path (see `rtk data info`).")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of tables.")
+ImagesOption = typer.Option(
+    None,
+    "--images",
+    help="Test images to use, a seeded sample of the split [all].",
+    show_default=False,
+)
 
 
 @analyze_app.command("gradients")
 def gradients(
-    sources: list[str] = typer.Argument(..., help="Run directories or architecture names."),
+    sources: list[str] = typer.Argument(
+        ..., help="Run directories, checkpoints or architecture names."
+    ),
     batches: int = typer.Option(8, help="Real training batches (of 64) to average over."),
     at: str = typer.Option("init", help="init (initial weights) or best (a run's best.pt)."),
     plot: Path | None = typer.Option(None, help="Write the log-scale gradient-flow PNG here."),
@@ -110,6 +123,156 @@ def params(
             f"{s.macs / 1e6:,.1f} M", parts,
         )  # fmt: skip
     console.print(table)
+
+
+@analyze_app.command("lesion")
+def lesion(
+    sources: list[str] = typer.Argument(..., help="Run directories or checkpoints to compare."),
+    data: Path | None = DataOption,
+    images: int | None = ImagesOption,
+    draws: int = typer.Option(5, help="Random sets drawn for each number of removed blocks."),
+    seed: int = typer.Option(0, help="Seeds the test sample and the random draws."),
+    out: Path | None = typer.Option(None, "--out", help="Write the lesion figure (PNG) here."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Test accuracy with residual blocks removed at test time (Veit et al. 2016): each block
+    alone, per stage, and k random blocks together; residual and plain networks side by side."""
+    from analysis.lesion import lesion_sources
+    from toolkit.data import load_dataset
+
+    dataset = load_dataset(data, announce=notice)
+    report = lesion_sources(sources, dataset, images=images, draws=draws, seed=seed)
+    if out is not None:
+        from analysis.plots import lesion_curves
+
+        notice(f"wrote {lesion_curves(report, out)}")
+    if as_json:
+        print_json(report)
+        return
+    _print_lesion(report)
+
+
+def _print_lesion(report: LesionReport) -> None:
+    studies = report.studies
+    images = studies[0].images
+    names = list(dict.fromkeys(row.block for s in studies for row in s.blocks))
+    table = Table(title=f"Test accuracy with one block removed ({images:,} test images)")
+    table.add_column("block removed")
+    for s in studies:
+        table.add_column(f"{s.model} ({'residual' if s.residual else 'plain'})", justify="right")
+    table.add_row("none (intact)", *(f"{s.accuracy:.2%}" for s in studies), style="bold")
+    for name in names:
+        cells = []
+        for s in studies:
+            row = next((r for r in s.blocks if r.block == name), None)
+            if row is None:
+                cells.append("-")  # this model has no such block
+            elif row.accuracy is None:
+                cells.append("[yellow]impossible (shape changes, no shortcut)[/]")
+            else:
+                shortcut = "no shortcut" if row.shortcut == "none" else row.shortcut
+                cells.append(f"{row.accuracy:.2%} ({shortcut})")
+        table.add_row(name, *cells)
+    console.print(table)
+    stages = Table(title="Per stage: mean (lowest) accuracy over its blocks removed one at a time")
+    stages.add_column("stage")
+    for s in studies:
+        stages.add_column(s.model, justify="right")
+    for stage in dict.fromkeys(row.stage for s in studies for row in s.stages):
+        cells = []
+        for s in studies:
+            row = next((r for r in s.stages if r.stage == stage), None)
+            if row is None:
+                cells.append("-")
+            elif row.accuracy_mean is None or row.accuracy_min is None:
+                cells.append(f"none of {row.blocks} removable")
+            else:
+                removable = (
+                    f", {row.removable} of {row.blocks}" if row.removable < row.blocks else ""
+                )
+                cells.append(f"{row.accuracy_mean:.2%} ({row.accuracy_min:.2%}{removable})")
+        stages.add_row(stage, *cells)
+    console.print(stages)
+    counts = Table(
+        title=f"k random blocks removed together: mean +/- std (lowest to highest) of "
+        f"{report.draws} draws (seed {report.seed})"
+    )
+    counts.add_column("k", justify="right")
+    for s in studies:
+        counts.add_column(s.model, justify="right")
+    for k in range(1, max(len(s.removals) for s in studies) + 1):
+        cells = []
+        for s in studies:
+            if k > len(s.removals):
+                cells.append("-")  # fewer removable blocks than k
+                continue
+            r = s.removals[k - 1]
+            cells.append(
+                f"{r.accuracy_mean:.2%} +/- {r.accuracy_std:.2%} "
+                f"({r.accuracy_min:.2%} to {r.accuracy_max:.2%})"
+            )
+        counts.add_row(str(k), *cells)
+    console.print(counts)
+    _print_verdict(report.verdict)
+
+
+def _print_verdict(verdict: Verdict) -> None:
+    color = {"supported": "green", "not supported": "red"}.get(verdict.verdict, "yellow")
+    console.print(f"[bold]{verdict.claim}[/]: [{color}]{verdict.verdict}[/]", soft_wrap=True)
+    console.print(f"  {verdict.evidence}", soft_wrap=True)
+
+
+@analyze_app.command("residuals")
+def residuals(
+    sources: list[str] = typer.Argument(
+        ..., help="Run directories, checkpoints or (with --at init) architecture names."
+    ),
+    at: str = typer.Option(
+        "both", help="init (the run's initial weights), best (its trained weights) or both."
+    ),
+    data: Path | None = DataOption,
+    images: int | None = ImagesOption,
+    seed: int = typer.Option(0, help="Seeds the test sample (and an architecture's weights)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Per block, ||F(x)|| / ||shortcut(x)|| over real test images (mean, spread), per stage,
+    and whether residuals stay small (ratio below 1) in each stage."""
+    from analysis.residuals import residual_sources
+    from toolkit.data import load_dataset
+    from toolkit.errors import RtkError
+
+    if at not in ("init", "best", "both"):
+        raise RtkError(f"--at takes init, best or both, got {at!r}")
+    ats = ["init", "best"] if at == "both" else [at]
+    dataset = load_dataset(data, announce=notice)
+    profiles = residual_sources(sources, dataset, ats=ats, images=images, seed=seed)
+    if as_json:
+        print_json(profiles)
+        return
+    for p in profiles:
+        _print_residuals(p)
+
+
+def _print_residuals(p: ResidualProfile) -> None:
+    if not p.applicable:
+        console.print(f"{p.model} at {p.at}: not applicable; {p.reason}", soft_wrap=True)
+        return
+    table = Table(
+        title=f"{p.model} at {p.at}: ||F(x)|| / ||shortcut(x)|| over {p.images:,} test images"
+    )
+    for column in ("block", "shortcut", "ratio", "+/- std", "||F(x)||", "||shortcut(x)||"):
+        table.add_column(column, justify="left" if column in ("block", "shortcut") else "right")
+    for b in p.blocks:
+        table.add_row(
+            b.block, b.shortcut, f"{b.ratio_mean:.3f}", f"{b.ratio_std:.3f}",
+            f"{b.branch_norm_mean:.3g}", f"{b.shortcut_norm_mean:.3g}",
+        )  # fmt: skip
+    console.print(table)
+    for s in p.stages:
+        console.print(
+            f"{s.stage}: mean ratio {s.ratio_mean:.3f}, largest block {s.ratio_max:.3f}; "
+            f"residuals stay small: {s.verdict.verdict}"
+        )
 
 
 def _predictions(source: Path, data: Path | None) -> object:

@@ -14,6 +14,7 @@ from toolkit.models.registry import (
     create_model,
     get_architecture,
 )
+from toolkit.models.resnet import ResidualBlock, lesioned, residual_blocks
 
 __all__ = [
     "GROUPS",
@@ -21,6 +22,7 @@ __all__ = [
     "Architecture",
     "Classifier",
     "Published",
+    "ResidualBlock",
     "WeightLayer",
     "architecture_names",
     "architectures",
@@ -29,5 +31,7 @@ __all__ = [
     "build_model",
     "create_model",
     "get_architecture",
+    "lesioned",
+    "residual_blocks",
     "stage_of",
 ]

@@ -11,7 +11,8 @@ blocks add a shortcut at all.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 import torch
@@ -49,11 +50,9 @@ class PadShortcut(nn.Module):
 
 def _shortcut(
     in_ch: int, out_ch: int, *, stride: int, option: ShortcutOption, norm: bool
-) -> nn.Module | None:
-    """Identity (None) unless the shape changes; then a 1x1 projection (option B) or the
+) -> nn.Module:
+    """The shortcut of a block that changes the shape: a 1x1 projection (option B) or the
     parameter-free subsample-and-pad (option A)."""
-    if stride == 1 and in_ch == out_ch:
-        return None
     if option == "A":
         return PadShortcut(in_ch, out_ch, stride=stride)
     if option == "B":
@@ -75,7 +74,9 @@ class ResidualBlock(nn.Module):
 
     expansion: ClassVar[int]  # output channels per unit of stage width
     skip: bool
-    shortcut: nn.Module | None
+    reshapes: bool  # the output's shape differs from the input's (stride or channels)
+    shortcut: nn.Module | None  # None: identity, or no shortcut at all in a plain block
+    removed: bool  # taken out at test time (Veit et al. 2016); set it through ``lesioned()``
 
     def _finish_block(
         self,
@@ -89,9 +90,13 @@ class ResidualBlock(nn.Module):
     ) -> None:
         self.relu = nn.ReLU(inplace=True)
         self.skip = skip
+        self.reshapes = stride != 1 or in_ch != out_ch
         self.shortcut = (
-            _shortcut(in_ch, out_ch, stride=stride, option=option, norm=norm) if skip else None
+            _shortcut(in_ch, out_ch, stride=stride, option=option, norm=norm)
+            if skip and self.reshapes
+            else None
         )
+        self.removed = False
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -109,10 +114,38 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(last.weight)
         return True
 
+    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
+        """What the block adds to its branch: ``x`` itself, or the projection or option-A
+        shortcut where the shape changes."""
+        return x if self.shortcut is None else self.shortcut(x)
+
+    @property
+    def shortcut_kind(self) -> str:
+        """The block's shortcut as the reports name it: identity, projection, option A, or
+        none (a plain block)."""
+        if not self.skip:
+            return "none"
+        if self.shortcut is None:
+            return "identity"
+        return "option A" if isinstance(self.shortcut, PadShortcut) else "projection"
+
+    @property
+    def removable(self) -> bool:
+        """A block can be removed when something can take its place: its shortcut, or, in a
+        plain block that keeps the shape, the identity. A plain block that changes the shape
+        has nothing to stand in for it."""
+        return self.skip or not self.reshapes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.removed:
+            # Veit et al.'s lesion: the block's output becomes what it would be with its branch
+            # F(x) = 0, the post-addition ReLU of the shortcut path alone: x itself on an
+            # identity path and in a plain block that keeps the shape (x is a ReLU's output),
+            # relu(shortcut(x)) where the shape changes. Not in place: x may be the caller's.
+            return nn.functional.relu(self.shortcut_path(x))
         out = self.branch(x)
         if self.skip:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
+            out = out + self.shortcut_path(x)
         return self.relu(out)
 
 
@@ -254,3 +287,39 @@ class ResNet(Classifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
+
+
+def residual_blocks(model: nn.Module) -> dict[str, ResidualBlock]:
+    """Every residual block, input to output, by a stable name counted from 1 as the reports
+    count stages: ``stages.1.0`` is ``stage2.block1``. Empty for a model without blocks."""
+    blocks = {}
+    for path, module in model.named_modules():
+        if isinstance(module, ResidualBlock):
+            stage, block = path.split(".")[-2:]  # stages.<stage>.<block>
+            blocks[f"stage{int(stage) + 1}.block{int(block) + 1}"] = module
+    return blocks
+
+
+@contextmanager
+def lesioned(model: nn.Module, names: Iterable[str]) -> Iterator[None]:
+    """Remove the named blocks at test time and put them back on exit, even after an error.
+
+    Why a flag on each block, not modules swapped out: the weights, the state_dict and every
+    hook stay where they are, and putting a block back is setting one bool again.
+    """
+    blocks = residual_blocks(model)
+    chosen = []
+    for name in names:
+        if name not in blocks:
+            raise ValueError(f"{name!r} is no residual block of this model; it has {list(blocks)}")
+        if not blocks[name].removable:
+            raise ValueError(f"{name} cannot be removed: a plain block that changes the shape")
+        chosen.append(blocks[name])
+    before = [block.removed for block in chosen]
+    try:
+        for block in chosen:
+            block.removed = True
+        yield
+    finally:
+        for block, state in zip(chosen, before, strict=True):
+            block.removed = state

@@ -1,0 +1,117 @@
+"""Where the analyses get a PyTorch model and their test images.
+
+A source is a run directory (its ``best.pt``), a checkpoint, or an architecture name; ``best``
+is its trained weights, ``init`` the weights its run started from (rebuilt from the run's seed
+and recipe) or an architecture's fresh ones. `rtk analyze gradients`, `lesion` and `residuals`
+and the test-split reports read their sources here, so each reads a source the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from toolkit.data import Dataset
+from toolkit.data.dataset import Split
+from toolkit.errors import RtkError, UnknownArchitectureError
+from toolkit.models import (
+    Classifier,
+    architecture_names,
+    build_model,
+    create_model,
+    get_architecture,
+)
+from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
+
+At = Literal["init", "best"]
+
+
+class SourceError(RtkError):
+    """A run directory, checkpoint or model that cannot be evaluated."""
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    label: str  # the run folder's name, the checkpoint's folder/file, or the architecture
+    at: At
+    model: Classifier
+
+
+def check_classes(model_classes: Sequence[str], dataset: Dataset, source: Path | str) -> None:
+    if list(model_classes) != list(dataset.classes):
+        raise SourceError(
+            f"{source} was trained on classes {list(model_classes)}, but the dataset has "
+            f"{list(dataset.classes)}; point --data at the data the model was trained for"
+        )
+
+
+def read_checkpoint(source: Path) -> dict[str, Any]:
+    """The checkpoint of a run directory (its ``best.pt``) or a checkpoint file, checked."""
+    return RunDir.open(source).load_best() if source.is_dir() else load_checkpoint(source)
+
+
+def load_model(spec: str, dataset: Dataset, *, at: At, analysis: str, seed: int = 0) -> SourceModel:
+    """The model of a run directory, a checkpoint or (at ``init`` only) an architecture name,
+    at its trained (``best``) or initial (``init``) weights; ``analysis`` names the caller in
+    the refusals. A checkpoint's classes must be the dataset's."""
+    path = Path(spec)
+    if path.suffix == ".onnx":
+        raise SourceError(
+            f"{spec} is an exported ONNX model, but the {analysis} analysis needs the PyTorch "
+            "weights: give its run folder or checkpoint (.pt)"
+        )
+    if not path.exists():
+        return _fresh(spec, at=at, seed=seed)
+    payload = read_checkpoint(path)
+    check_classes(payload["classes"], dataset, spec)
+    label = path.name if path.is_dir() else f"{path.resolve().parent.name}/{path.name}"
+    if at == "best":
+        return SourceModel(label, at, model_from_checkpoint(payload))
+    config = payload.get("config")
+    if not config:
+        raise SourceError(
+            f"{spec} records no training settings, so the weights it started from cannot be "
+            "rebuilt; use --at best"
+        )
+    torch.manual_seed(int(config["seed"]))  # the run's own initial weights
+    model = build_model(payload["model_class"], dict(payload["model_kwargs"]))
+    if config.get("zero_init_residual"):
+        model.zero_init_residual()
+    return SourceModel(label, at, model)
+
+
+def _fresh(spec: str, *, at: At, seed: int) -> SourceModel:
+    try:
+        name = get_architecture(spec).name
+    except UnknownArchitectureError:
+        if at == "best":
+            raise SourceError(
+                f"{spec} does not exist; name a run directory or a checkpoint"
+            ) from None
+        raise SourceError(
+            f"{spec} is no run directory, checkpoint or architecture; the architectures are "
+            f"{', '.join(architecture_names())}"
+        ) from None
+    if at != "init":
+        raise SourceError(
+            f"{spec} is an architecture, which has no trained weights: name a run directory or "
+            "a checkpoint (an architecture's fresh weights are --at init)"
+        )
+    torch.manual_seed(seed)
+    return SourceModel(name, at, create_model(spec))
+
+
+def sample_test(dataset: Dataset, *, images: int | None, seed: int) -> Split:
+    """The whole test split, or a seeded sample of ``images`` of it: the split is stored class
+    by class, so its first images would be one or two classes only."""
+    if images is not None and images < 1:
+        raise SourceError(f"--images must be positive, got {images}")
+    test = dataset.test
+    if images is None or images >= len(test):
+        return test
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    return test.subset(order[:images].sort().values)
