@@ -138,6 +138,7 @@ def depth_curves(
         axes.legend(fontsize=8)
     panels[0].set_ylabel("error (%)")
     figure.suptitle("Error per epoch by depth (dashed: training, solid: validation)")
+    return _save(figure, path)
 
 
 def lesion_curves(report: LesionReport, path: Path) -> Path:
