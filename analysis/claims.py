@@ -1,7 +1,9 @@
 """The paper's claims (paper-spec.md), each judged from numbers measured here.
 
 Every verdict is "supported", "not supported" or "not measured", with the numbers behind it
-and the rule that turned them into the verdict. Nothing here assumes the paper is right.
+and the rule that turned them into the verdict; a verdict judged on a confidence interval over
+seeds may also be "inconclusive" (the interval holds the threshold, or one seed gives none).
+Nothing here assumes the paper is right.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Literal
 from analysis.gradients import GradientProfile
 from analysis.latency import BenchRow
 from analysis.report import CompareRow
+from analysis.seeds import PairedDifference, paired_difference, percent
 from analysis.train_bench import TrainStepResult
 from toolkit.models import PAPER, architecture_names
 
@@ -20,7 +23,7 @@ SIMILAR_LATENCY = 2.0  # claim 5(iii) holds if the slowest model is within 2x of
 MODEST_MEMORY = 1.10  # claim 5(i) holds if skips add at most 10% training activation memory
 
 
-Judgement = Literal["supported", "not supported", "not measured"]
+Judgement = Literal["supported", "not supported", "not measured", "inconclusive"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,46 @@ class Verdict:
 
 def judge(holds: bool) -> Judgement:
     return "supported" if holds else "not supported"
+
+
+def judge_interval(
+    interval: tuple[float, float] | None,
+    threshold: float,
+    *,
+    claimed: Literal["above", "below"] = "above",
+) -> Judgement:
+    """A claim that a quantity lies ``claimed`` of ``threshold``, judged on its confidence
+    interval: supported when the whole interval lies on the claimed side, not supported when
+    it lies wholly on the other, inconclusive when it holds the threshold (an end on it
+    included) or there is no interval (one seed), since then noise could explain either."""
+    if interval is None:
+        return "inconclusive"
+    low, high = interval
+    if claimed == "below":
+        low, high, threshold = -high, -low, -threshold
+    if low > threshold:
+        return "supported"
+    if high < threshold:
+        return "not supported"
+    return "inconclusive"
+
+
+_INTERVAL_RULE = (
+    "rule: supported when the whole {confidence:.0%} interval of the paired difference is above "
+    "0, not supported when wholly below, inconclusive when it holds 0 or there is one seed"
+)
+
+
+def paired_claim(paired: PairedDifference) -> Verdict:
+    """Two seed groups: the first scores higher than the second, judged on the confidence
+    interval of their difference seed by seed."""
+    d = paired.difference
+    claim = f"{paired.first} has a higher {d.metric} than {paired.second} (paired by seed)"
+    evidence = (
+        f"{paired.first} minus {paired.second}: {percent(d, difference=True)}; "
+        + _INTERVAL_RULE.format(confidence=d.confidence)
+    )
+    return Verdict(claim, judge_interval(d.interval, 0.0), evidence)
 
 
 def _acc(rows: list[CompareRow]) -> dict[str, float]:
@@ -107,6 +150,8 @@ def gradient_claim(profiles: dict[str, GradientProfile]) -> Verdict:
 
 
 def ablation_claim(rows: list[CompareRow], profiles: dict[str, GradientProfile]) -> Verdict:
+    """Claim 4. When both ResNet-18 rows are seed groups, the accuracy part is judged on the
+    interval of their paired difference (three-way); a single run's on its one number."""
     claim = "4. ablation: removing skips from ResNet-18 lowers accuracy and gradient flow"
     acc = _acc(rows)
     if (
@@ -118,15 +163,30 @@ def ablation_claim(rows: list[CompareRow], profiles: dict[str, GradientProfile])
         <= profiles.keys()
     ):
         return Verdict(claim, "not measured", "needs both ResNet-18 runs and their gradients")
-    lower_acc = acc["resnet18-noskip"] < acc["resnet18"]
     skip_first = profiles["resnet18"].layers[0].rms_mean
     plain_first = profiles["resnet18-noskip"].layers[0].rms_mean
+    by = {r.arch: r for r in rows}
+    skip_seeds, plain_seeds = by["resnet18"].seeds, by["resnet18-noskip"].seeds
+    if skip_seeds is not None and plain_seeds is not None:
+        # Two seed groups: the accuracy part is judged on the paired difference's interval.
+        paired = paired_difference(
+            skip_seeds, plain_seeds, first_label="resnet18", second_label="resnet18-noskip"
+        )
+        lower_acc = judge_interval(paired.difference.interval, 0.0)
+        acc_text = (
+            f"accuracy with minus without skips, paired by seed: "
+            f"{percent(paired.difference, difference=True)}"
+        )
+    else:
+        lower_acc = judge(acc["resnet18-noskip"] < acc["resnet18"])
+        acc_text = (
+            f"accuracy {acc['resnet18-noskip']:.1%} without skips vs {acc['resnet18']:.1%} with"
+        )
     lower_flow = plain_first < skip_first
-    evidence = (
-        f"accuracy {acc['resnet18-noskip']:.1%} without skips vs {acc['resnet18']:.1%} with; "
-        f"first-layer gradient RMS {plain_first:.3g} vs {skip_first:.3g}"
-    )
-    return Verdict(claim, judge(lower_acc and lower_flow), evidence)
+    evidence = f"{acc_text}; first-layer gradient RMS {plain_first:.3g} vs {skip_first:.3g}"
+    # Both parts must hold: a failed part fails the claim, an open accuracy part leaves it open.
+    verdict: Judgement = lower_acc if lower_flow else "not supported"
+    return Verdict(claim, verdict, evidence)
 
 
 def epochs_claim(rows: list[CompareRow], histories: dict[str, list[dict[str, Any]]]) -> Verdict:

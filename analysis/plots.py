@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from analysis.gradients import GradientProfile
 from analysis.lesion import LesionReport
 from analysis.metrics import Confusion
+from analysis.seeds import curve_band
 from toolkit.fileio import atomic_path
 
 
@@ -49,8 +50,14 @@ def confusion_heatmap(result: Confusion, path: Path) -> Path:
     return _save(figure, path)
 
 
-def training_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """Training and validation accuracy and loss per epoch, models overlaid (Fig. 1, 2, 4, 5)."""
+def training_curves(
+    histories: dict[str, list[dict[str, Any]]],
+    path: Path,
+    *,
+    groups: dict[str, list[list[dict[str, Any]]]] | None = None,
+) -> Path:
+    """Training and validation accuracy and loss per epoch, models overlaid (Fig. 1, 2, 4, 5);
+    each seed group (label -> every seed's history) as its mean with a shaded min-max band."""
     figure, grid = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     panels = [
         ("train_acc", "training accuracy"),
@@ -63,6 +70,15 @@ def training_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> P
             points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
             if points:
                 axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+        for label, runs in (groups or {}).items():
+            if band := curve_band(runs, key):
+                epochs = [p.epoch for p in band]
+                (line,) = axes.plot(
+                    epochs, [p.mean for p in band], marker="o", markersize=3,
+                    label=f"{label} (mean of {len(runs)} seeds; band: min-max)",
+                )  # fmt: skip
+                axes.fill_between(epochs, [p.low for p in band], [p.high for p in band],
+                                  color=line.get_color(), alpha=0.25, linewidth=0)  # fmt: skip
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)

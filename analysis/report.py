@@ -1,14 +1,17 @@
-"""The paper's Table I beside this machine's runs, from the files runs leave behind."""
+"""The paper's Table I beside this machine's runs (single runs or seed groups), from the files
+runs leave behind."""
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis.seeds import Estimate, percent, summarize_group
 from analysis.sources import SourceError
 from toolkit.models import PAPER, Architecture, Published, architecture_names, get_architecture
-from toolkit.training.rundir import RunDir
+from toolkit.training import RunDir, SeedGroup
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class CompareRow:
     params: int
     paper_params: int
     device: str
+    # A seed group's row: test_acc is the mean over its seeds, train_min the mean per seed,
+    # epochs the most any seed ran, and this its test accuracy estimate. None: a single run.
+    seeds: Estimate | None = None
 
 
 def read_history(run: Path) -> list[dict[str, Any]]:
@@ -45,13 +51,43 @@ def table_one_architecture(name: str) -> tuple[Architecture, Published]:
     return arch, arch.published
 
 
+def runs_under(folder: Path) -> list[Path]:
+    """Every finished run and every seed group whose seeds have all finished in ``folder``."""
+    found = [p.parent for p in folder.glob(f"*/{RunDir.METRICS}")]
+    for manifest in folder.glob(f"*/{SeedGroup.MANIFEST}"):
+        group = SeedGroup.open(manifest.parent)
+        if all(RunDir(group.run_path(seed)).finished for seed in group.seeds):
+            found.append(group.path)
+    return sorted(found)
+
+
+def _group_reading(group: Path) -> tuple[dict[str, Any], dict[str, Any], Estimate]:
+    """A seed group read as one run's metrics and config, and its accuracy over the seeds."""
+    summary = summarize_group(group)
+    runs = summary.runs
+    metrics = {
+        "arch": summary.arch,
+        "test_acc": summary.accuracy.mean,
+        "train_s": statistics.fmean(r.train_s for r in runs),
+        "epochs_run": max(r.epochs_run for r in runs),
+        "stopped_early": any(r.stopped_early for r in runs),
+        "device": runs[0].device,
+    }
+    # Every seed has the group's settings and data (summarize_group checks the settings).
+    return metrics, RunDir.open(runs[0].run).read_config(), summary.accuracy
+
+
 def compare_runs(runs: list[Path], *, skip_others: bool = False) -> list[CompareRow]:
-    """Table I's rows for these runs; a run of a network outside the paper is an error, or
-    left out with ``skip_others`` (when every run under a folder is compared)."""
+    """Table I's rows for these runs or seed groups; a run of a network outside the paper is an
+    error, or left out with ``skip_others`` (when every run under a folder is compared)."""
     rows = []
     for run in runs:
-        rundir = RunDir.open(run)
-        metrics, config = rundir.read_metrics(), rundir.read_config()
+        seeds: Estimate | None = None
+        if SeedGroup.is_group(run):
+            metrics, config, seeds = _group_reading(run)
+        else:
+            rundir = RunDir.open(run)
+            metrics, config = rundir.read_metrics(), rundir.read_config()
         if skip_others and get_architecture(metrics["arch"]).group != PAPER:
             continue
         arch, paper = table_one_architecture(metrics["arch"])
@@ -73,6 +109,7 @@ def compare_runs(runs: list[Path], *, skip_others: bool = False) -> list[Compare
                 params=params,
                 paper_params=int(paper.params or 0),
                 device=str(metrics.get("device", "?")),
+                seeds=seeds,
             )
         )
     if not rows:
@@ -92,11 +129,13 @@ TABLE_COLUMNS = (
 
 def table_cells(r: CompareRow) -> list[str]:
     early = ", early stop" if r.stopped_early else ""
+    accuracy = f"{r.test_acc:.2%}" if r.seeds is None else percent(r.seeds)
+    per_seed = "" if r.seeds is None else " per seed"
     return [
-        r.model, r.run, r.recipe, f"{r.test_acc:.2%}", f"{r.paper_test_acc:.1%}",
-        f"{(r.test_acc - r.paper_test_acc) * 100:+.1f} pt", f"{r.train_min:.1f} ({r.device})",
-        f"{r.paper_train_min:g}", f"{r.epochs} of {r.max_epochs}{early}", f"{r.train_images:,}",
-        f"{r.params:,}",
+        r.model, r.run, r.recipe, accuracy, f"{r.paper_test_acc:.1%}",
+        f"{(r.test_acc - r.paper_test_acc) * 100:+.1f} pt",
+        f"{r.train_min:.1f}{per_seed} ({r.device})", f"{r.paper_train_min:g}",
+        f"{r.epochs} of {r.max_epochs}{early}", f"{r.train_images:,}", f"{r.params:,}",
     ]  # fmt: skip
 
 

@@ -38,10 +38,9 @@ from toolkit.training import (
     Observer,
     RunDir,
     TrainConfig,
-    Trainer,
-    TrainingInterrupted,
     make_config,
-    resume_config,
+    open_run,
+    rerun_on_interrupt,
 )
 
 
@@ -138,19 +137,11 @@ def train_run(
 ) -> str:
     """Train ``config`` into ``run`` unless it is there: a finished run is reused, a started
     one resumed with its own settings. ``rerun`` is the command that continues after Ctrl-C."""
-    rundir = RunDir(run)
-    if rundir.finished:
-        return "reused"
-    try:
-        if rundir.started:
-            Trainer(resume_config(run), dataset, run, observer=observer, resume=True).run()
-            return "resumed"
-        Trainer(config, dataset, run, observer=observer).run()
-    except TrainingInterrupted:
-        raise TrainingInterrupted(
-            f"interrupted; {run} keeps every finished epoch: rerun `{rerun}` to continue"
-        ) from None
-    return "trained"
+    action, trainer = open_run(config, run, dataset, observer=observer)
+    if trainer is not None:
+        with rerun_on_interrupt(run, rerun):
+            trainer.run()
+    return {"reuse": "reused", "resume": "resumed", "start": "trained"}[action]
 
 
 def settings_apart(run: Path, config: TrainConfig) -> str:

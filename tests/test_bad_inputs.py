@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from tests.conftest import CLASSES, TinyData, write_cifar_python
 from tests.test_export import _bare_model
 from toolkit.cli import app
-from toolkit.training import initial_checkpoint, save_checkpoint
+from toolkit.training import SeedGroup, initial_checkpoint, make_config, save_checkpoint
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 HANG_S = 60  # a FIFO opened for reading waits forever for a writer: fail instead of hanging
@@ -171,6 +171,17 @@ def _run_folder(files: dict[str, str]) -> Setup:
     return setup
 
 
+def _seed_group(data: str | None = None) -> Setup:
+    """A seed group ``runs/g`` (baseline-cnn, seeds 0 and 1) as ``rtk train --seeds`` makes it
+    before its first seed trains; on ``data``, or the workspace's dataset."""
+
+    def setup(ws: Workspace) -> None:
+        config = make_config("baseline-cnn", epochs=1, val_size=50)
+        SeedGroup.create(ws.root / "runs" / "g", config, (0, 1), data=data or str(ws.data))
+
+    return setup
+
+
 @dataclass(frozen=True)
 class Row:
     id: str
@@ -218,6 +229,22 @@ ROWS = [
     Row("amp-cpu", train("--amp", "--device", "cpu"), 2, "--amp is CUDA-only"),
     Row("cuda", train("--device", "cuda"), 2, "CUDA is not available", marks=(NO_CUDA,)),
     Row("resume-missing", ["train", "--resume", "{ws}/nowhere"], 2, "does not exist"),
+    # rtk train --seeds: the list of seeds, what it cannot be combined with, groups on disk
+    Row("seeds-empty", train("--seeds", ""), 2, "--seeds needs at least one seed"),
+    Row("seeds-duplicate", train("--seeds", "0,1,1"), 2, "--seeds names seed 1 twice"),
+    Row("seeds-negative", train("--seeds", "0,-1"), 2, "every seed must be in [0, 2**64), got -1"),
+    Row("seeds-fraction", train("--seeds", "0,1.5"), 2, "--seeds takes whole numbers separated"),
+    Row("seeds-word", train("--seeds", "a,b"), 2, "e.g. 0,1,2; got 'a'"),
+    Row("seeds-and-seed", train("--seed", "1", "--seeds", "0,1"), 2, "--seed and --seeds exclude"),
+    Row("seeds-nproc", train("--seeds", "0,1", "--nproc", "2"), 2, "drop --nproc"),
+    Row("seeds-group-exists", train("--seeds", "0,1", "--name", "g"), 2,
+        "already exists; pick another --name or continue it with --resume", _seed_group()),
+    Row("seeds-resume-epochs", ["train", "--resume", "{ws}/runs/g", "--epochs", "3"], 2,
+        "--epochs cannot change", _seed_group()),
+    Row("seeds-resume-seeds", ["train", "--resume", "{ws}/runs/g", "--seeds", "0,1"], 2,
+        "only --epochs may change (got --seeds)", _seed_group()),
+    Row("seeds-resume-data", ["train", "--resume", "{ws}/runs/g", "--data", "{data}"], 2,
+        "pass the group's own --data", _seed_group("/elsewhere")),
     # rtk train: the run folder stays inside --out
     Row("name-parent", train("--name", "../escaped"), 2, "must be a plain folder name"),
     Row("name-absolute", train("--name", "{ws}/elsewhere"), 2, "must be a plain folder name"),
@@ -311,6 +338,12 @@ ROWS = [
     Row("resume-empty-folder", ["train", "--resume", "{ws}/runs/r", "--data", "{data}"], 2,
         "holds no last.pt or config.json", setup=_run_folder({})),
     Row("amp-auto-no-cuda", train("--amp"), 2, "--amp needs CUDA", marks=(NO_CUDA,)),
+    # seed groups: unfinished, not a group at all, too many to compare
+    Row("report-seeds-unfinished", ["report", "seeds", "{ws}/runs/g"], 2,
+        "has not finished; `rtk train --resume", _seed_group()),
+    Row("report-seeds-not-a-group", ["report", "seeds", "{ws}/runs"], 2, "has no group.json"),
+    Row("report-seeds-three", ["report", "seeds", "{ws}/runs", "{ws}/runs", "{ws}/runs"], 2,
+        "takes one seed group or two"),
     # rtk bench
     Row("bench-seconds", ["bench", "baseline-cnn", "--seconds", "0", "--runs", "{ws}/runs"], 2,
         "--seconds positive"),

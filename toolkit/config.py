@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -124,6 +125,41 @@ class TrainConfig:
 
 def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
+
+
+def config_from_settings(settings: dict[str, Any], *, where: object) -> TrainConfig:
+    """The ``TrainConfig`` a file's stored settings describe (JSON keeps tuples as lists);
+    ``where`` names the file in the error when this rtk does not know a setting."""
+    values = {**settings, "milestones": tuple(settings.get("milestones", ()))}
+    try:
+        return TrainConfig(**values).validate()
+    except TypeError as exc:
+        raise ConfigError(f"{where} has settings this rtk does not know ({exc})") from exc
+
+
+# A whole number, signed so that "-1" is refused as out of range rather than as not a number;
+# ASCII digits only (int() would also take "1_0" and other scripts' digits).
+_SEED = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds 0,1,2``: distinct seeds in the range ``--seed`` takes, in the order given."""
+    items = [item.strip() for item in text.split(",")]
+    if items == [""]:
+        raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+    seeds: list[int] = []
+    for item in items:
+        if not _SEED.fullmatch(item):
+            raise ConfigError(
+                f"--seeds takes whole numbers separated by commas, e.g. 0,1,2; got {item!r}"
+            )
+        seed = int(item)
+        if not 0 <= seed < 2**64:  # torch.manual_seed's range, as for --seed
+            raise ConfigError(f"--seeds: every seed must be in [0, 2**64), got {seed}")
+        if seed in seeds:
+            raise ConfigError(f"--seeds names seed {seed} twice; give each seed once")
+        seeds.append(seed)
+    return tuple(seeds)
 
 
 def check_dataset(config: TrainConfig, *, classes: int, train_images: int) -> None:

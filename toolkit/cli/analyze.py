@@ -1,5 +1,5 @@
 """``rtk analyze`` (gradients, parameters, lesions, residual sizes) and ``rtk report``
-(confusion, classification, curves, the paper's Table I)."""
+(confusion, classification, curves, the paper's Table I, seed groups)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 analyze_app = typer.Typer(
     help="Gradient flow, parameter counts, lesions and residual sizes.", no_args_is_help=True
 )
-report_app = typer.Typer(help="Test-set reports, curves and Table I.", no_args_is_help=True)
+report_app = typer.Typer(
+    help="Test-set reports, curves, Table I and seed groups.", no_args_is_help=True
+)
 
 DataOption = typer.Option(None, "--data", help="Dataset path (see `rtk data info`).")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of tables.")
@@ -365,30 +367,42 @@ def _print_class_report(report: ClassReport, source: Path) -> None:
 
 @report_app.command("curves")
 def curves(
-    runs: list[Path] = typer.Argument(..., help="Run directories to overlay."),
+    runs: list[Path] = typer.Argument(..., help="Run directories or seed groups to overlay."),
     plot: Path = typer.Option(Path("curves.png"), help="Where to write the PNG."),
 ) -> None:
-    """Training and validation accuracy and loss per epoch, models overlaid."""
+    """Training and validation accuracy and loss per epoch, models overlaid; a seed group as
+    its mean over the seeds with a min-max band."""
     from analysis.plots import training_curves
     from analysis.report import read_history
+    from analysis.seeds import group_histories
+    from toolkit.training import SeedGroup
 
-    histories = {run.name: read_history(run) for run in runs}
-    console.print(f"wrote {training_curves(histories, plot)}")
+    histories = {run.name: read_history(run) for run in runs if not SeedGroup.is_group(run)}
+    groups = {run.name: group_histories(run) for run in runs if SeedGroup.is_group(run)}
+    console.print(f"wrote {training_curves(histories, plot, groups=groups)}")
 
 
 @report_app.command("compare")
 def compare(
-    runs: list[Path] = typer.Argument(None, help="Run directories [every run under runs/]."),
+    runs: list[Path] = typer.Argument(
+        None, help="Run directories or seed groups [every one under runs/]."
+    ),
     markdown: Path | None = typer.Option(None, help="Also write the table as Markdown here."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Where to look by default."),
     as_json: bool = JsonOption,
 ) -> None:
-    """The paper's Table I beside this machine's runs: accuracy, time, epochs, parameters."""
-    from analysis.report import TABLE_COLUMNS, compare_runs, table_cells, table_markdown
+    """The paper's Table I beside this machine's runs: accuracy, time, epochs, parameters; a seed
+    group's row gives its mean, spread, 95% interval and n."""
+    from analysis.report import (
+        TABLE_COLUMNS,
+        compare_runs,
+        runs_under,
+        table_cells,
+        table_markdown,
+    )
 
     # Every run under --runs: the networks beyond the paper have no Table I row to sit beside.
-    found = sorted(p.parent for p in runs_dir.glob("*/metrics.json"))
-    rows = compare_runs(runs or found, skip_others=not runs)
+    rows = compare_runs(runs or runs_under(runs_dir), skip_others=not runs)
     if markdown is not None:
         from toolkit.fileio import atomic_path
 
@@ -404,3 +418,51 @@ def compare(
     for r in rows:
         table.add_row(*table_cells(r))
     console.print(table)
+
+
+@report_app.command("seeds")
+def seeds(
+    groups: list[Path] = typer.Argument(
+        ..., help="A seed group (`rtk train --seeds`), or two trained under the same seeds."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """A seed group's test results per seed, their mean, spread and 95% interval; for two groups,
+    also the difference seed by seed, its interval and a verdict on it."""
+    from analysis.claims import paired_claim
+    from analysis.seeds import compare_groups, percent, summarize_group
+    from toolkit.errors import RtkError
+
+    if len(groups) > 2:
+        raise RtkError(f"rtk report seeds takes one seed group or two, got {len(groups)}")
+    summaries = [summarize_group(g) for g in groups]
+    paired = compare_groups(*summaries) if len(summaries) == 2 else []
+    verdicts = [paired_claim(p) for p in paired]
+    if as_json:
+        print_json({"groups": summaries, "paired": paired, "verdicts": verdicts})
+        return
+    for s in summaries:
+        tta = s.estimate("test_acc_tta") is not None
+        table = Table(title=f"{s.group}: {s.arch}, {s.recipe} recipe, {len(s.runs)} seed(s)")
+        columns = ["seed", "test acc", *(["flip TTA"] if tta else []), "test loss",
+                   "best epoch", "epochs", "train min", "run"]  # fmt: skip
+        for column in columns:
+            table.add_column(column, justify="left" if column == "run" else "right")
+        for r in s.runs:
+            table.add_row(
+                str(r.seed), f"{r.test_acc:.2%}",
+                *([f"{r.test_acc_tta:.2%}" if r.test_acc_tta is not None else ""] if tta else []),
+                f"{r.test_loss:.4f}", str(r.best_epoch), str(r.epochs_run),
+                f"{r.train_s / 60:.1f}", str(r.run),
+            )  # fmt: skip
+        console.print(table)
+        for e in s.estimates:
+            console.print(f"{e.metric}: {percent(e)}")
+    for p, v in zip(paired, verdicts, strict=True):
+        d = p.difference
+        per_seed = ", ".join(
+            f"seed {seed} {x * 100:+.2f}" for seed, x in zip(d.seeds, d.values, strict=True)
+        )
+        console.print(f"{d.metric}, {p.first} minus {p.second} (pt): {per_seed}")
+        console.print(f"  paired difference: {percent(d, difference=True)}")
+        console.print(f"[bold]{v.claim}[/]: {v.verdict}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -11,6 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from toolkit.cli.output import console, err_console, notice, print_json
 from toolkit.config import RECIPES, TrainConfig
+
+if TYPE_CHECKING:
+    from analysis.seeds import GroupSummary
+    from toolkit.data import Dataset
+    from toolkit.training import SeedGroup, Trainer, TrainResult
+    from toolkit.training.observers import Observers, TensorBoardObserver
 
 
 class RichObserver:
@@ -178,6 +186,12 @@ def train(
     seed: int | None = typer.Option(
         None, help=f"Seed of weights, order, augmentation {_default('seed')}."
     ),
+    seeds: str | None = typer.Option(
+        None,
+        help="Several seeds, e.g. 0,1,2: one seed group per architecture, GROUP/seed-N/ each "
+        "an ordinary run (`rtk report seeds GROUP` summarises it).",
+        show_default=False,
+    ),
     device: str | None = typer.Option(None, help=f"auto, cpu or cuda {_default('device')}."),
     channels_last: bool | None = typer.Option(
         None, help=f"channels_last memory format {_default('channels_last')}."
@@ -194,8 +208,12 @@ def train(
     ),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
     out: Path = typer.Option(Path("runs"), help="Parent folder of run directories."),
-    name: str | None = typer.Option(None, help="Run directory name [ARCH-DATE-TIME]."),
-    resume: Path | None = typer.Option(None, help="Continue the run in this directory."),
+    name: str | None = typer.Option(
+        None, help="Run directory name [ARCH-DATE-TIME; with --seeds ARCH-seeds-DATE-TIME]."
+    ),
+    resume: Path | None = typer.Option(
+        None, help="Continue the run (or the seed group) in this directory."
+    ),
     nproc: int = typer.Option(1, help="Processes on this machine (DDP through torchrun)."),
     tensorboard: bool = typer.Option(
         False, help="Also write TensorBoard event files into the run folder."
@@ -205,6 +223,7 @@ def train(
 ) -> None:
     """Train architectures with the paper's recipe (or --recipe sgd|seed003|fast); test the best
     weights."""
+    from toolkit.config import parse_seeds
     from toolkit.models import PAPER, architecture_names, get_architecture
     from toolkit.training import ConfigError, make_config
 
@@ -213,6 +232,9 @@ def train(
         raise ConfigError("name an architecture to train (or `all`), or pass --resume RUN_DIR")
     if resume is not None and archs:
         raise ConfigError("--resume continues the run's own architecture; name none")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    if seed_list is not None and seed is not None:
+        raise ConfigError("--seed and --seeds exclude each other; list every seed in --seeds")
     all_four = archs == ["all"]  # the paper's models; the seeds' networks are named one by one
     names = architecture_names(PAPER) if all_four else [get_architecture(a).name for a in archs]
     overrides = {
@@ -240,6 +262,8 @@ def train(
     }
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if seed_list is not None and nproc > 1:
+        raise ConfigError("--seeds trains its seeds one after another in one process; drop --nproc")
     if nproc > 1:
         if len(names) != 1:
             raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
@@ -252,62 +276,162 @@ def train(
         raise typer.Exit(_launch_torchrun(nproc, _run_path(out, name, names[0])))
 
     from toolkit.data import load_dataset
-    from toolkit.training import Trainer, check_dataset, resume_config
-    from toolkit.training.observers import Observers, TensorBoardObserver
+    from toolkit.training import SeedGroup, Trainer, check_dataset, resume_config
 
+    jobs = []  # single runs: (settings, run folder)
+    groups: list[SeedGroup] = []  # seed groups to continue
+    new_groups = []  # seed groups to create: (settings but the seed, group folder, seeds)
     if resume is not None:
-        given = [
-            k for k, v in {**overrides, "recipe": recipe, "name": name}.items() if v is not None
-        ]
-        if [k for k in given if k != "epochs"]:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given if k != "epochs")
+        given = {**overrides, "recipe": recipe, "name": name, "seeds": seeds}
+        flags = ", ".join(
+            "--" + k.replace("_", "-") for k, v in given.items() if v is not None and k != "epochs"
+        )
+        if flags:
             raise ConfigError(
                 f"--resume continues a run with its own settings; only --epochs may change "
                 f"(got {flags})"
             )
-        jobs = [(resume_config(resume, epochs=epochs), resume)]
+        if SeedGroup.is_group(resume):
+            if epochs is not None:
+                raise ConfigError(
+                    "--resume of a seed group keeps the settings all its seeds share; "
+                    "--epochs cannot change (train a new group)"
+                )
+            groups.append(SeedGroup.open(resume))
+        else:
+            jobs.append((resume_config(resume, epochs=epochs), resume))
     else:
-        jobs = []
         for arch in names:
             run_name = name if len(names) == 1 else (f"{name}-{arch}" if name else None)
             config = make_config(arch, recipe or "paper", **overrides)
-            jobs.append((config, _run_path(out, run_name, arch)))
+            if seed_list is None:
+                jobs.append((config, _run_path(out, run_name, arch)))
+            else:
+                path = _run_path(out, run_name, f"{arch}-seeds")
+                SeedGroup.check_new(path)  # every group, before the first is made
+                new_groups.append((config, path, seed_list))
+        paths = [path for _, path, _ in new_groups]
+        if len(set(paths)) != len(paths):
+            raise ConfigError("two seed groups would share one folder; name each architecture once")
+    # Under torchrun every rank would make the group, and each seed's run ends the process group.
+    if (groups or new_groups) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("a seed group trains in one process; run it without torchrun")
     dataset = load_dataset(data, announce=notice)
-    for config, _ in jobs:  # every job, before the first run folder is made
+    configs = [c for c, _ in jobs] + [c for c, _, _ in new_groups]
+    configs += [g.config(g.seeds[0]) for g in groups]
+    for config in configs:  # every job, before the first run folder is made
         check_dataset(config, classes=len(dataset.classes), train_images=len(dataset.train))
+    for group in groups:
+        group.check_data(dataset)
+    for config, path, group_seeds in new_groups:
+        groups.append(SeedGroup.create(path, config, group_seeds, data=str(dataset.source.path)))
     out_console = err_console if as_json else console
-    summaries = []
+    if groups:
+        summaries = []
+        for index, group in enumerate(groups):
+            # After Ctrl-C, one line continues this group and every one after it.
+            rerun = " && ".join(f"rtk train --resume {g.path}" for g in groups[index:])
+            summary = _train_group(
+                group, dataset, rerun=rerun, tensorboard=tensorboard, quiet=quiet, as_json=as_json
+            )
+            summaries.append(summary)
+        if as_json:
+            print_json(summaries if len(summaries) > 1 else summaries[0])
+        return
+    results = []
     for config, run_path in jobs:
-        board = TensorBoardObserver(run_path) if tensorboard else None
-        shown = None if quiet else RichObserver(out_console, progress=True)
-        observer = Observers(*(o for o in (shown, board) if o is not None))
+        observer, board = _observers(
+            run_path, tensorboard=tensorboard, quiet=quiet, out=out_console
+        )
         trainer = Trainer(config, dataset, run_path, observer=observer, resume=resume is not None)
         main_rank = trainer.world.is_main
         if main_rank and not quiet:
-            where = f", resuming after epoch {trainer.epoch}" if resume is not None else ""
-            out_console.print(
-                f"[bold]{config.arch}[/] -> {run_path}  ({config.recipe} recipe, "
-                f"{trainer.device}, {trainer.world.size} process(es), effective batch "
-                f"{config.batch_size * trainer.world.size}{where})"
-            )
+            _announce(trainer, run_path, out_console, resuming=resume is not None)
         try:
             result = trainer.run()
         finally:
             if board is not None:
                 board.close()
-        summaries.append(result.summary())
+        results.append(result.summary())
         if main_rank and not as_json:
-            tta = (
-                f", {result.test_acc_tta:.2%} with flip TTA"
-                if result.test_acc_tta is not None
-                else ""
-            )
+            _print_result(result)
+    if as_json and (not results or trainer.world.is_main):
+        print_json(results if len(results) > 1 else results[0])
+
+
+def _observers(
+    run_path: Path, *, tensorboard: bool, quiet: bool, out: Console
+) -> tuple[Observers, TensorBoardObserver | None]:
+    """The terminal's progress (unless quiet) and TensorBoard's event files (if asked)."""
+    from toolkit.training.observers import Observers, TensorBoardObserver
+
+    board = TensorBoardObserver(run_path) if tensorboard else None
+    shown = None if quiet else RichObserver(out, progress=True)
+    return Observers(*(o for o in (shown, board) if o is not None)), board
+
+
+def _announce(trainer: Trainer, run_path: Path, out: Console, *, resuming: bool) -> None:
+    config = trainer.config
+    where = f", resuming after epoch {trainer.epoch}" if resuming else ""
+    out.print(
+        f"[bold]{config.arch}[/] -> {run_path}  ({config.recipe} recipe, "
+        f"{trainer.device}, {trainer.world.size} process(es), effective batch "
+        f"{config.batch_size * trainer.world.size}{where})"
+    )
+
+
+def _print_result(result: TrainResult) -> None:
+    tta = f", {result.test_acc_tta:.2%} with flip TTA" if result.test_acc_tta is not None else ""
+    console.print(
+        f"[bold green]{result.arch}[/]: test accuracy {result.test_acc:.2%}{tta} "
+        f"(loss {result.test_loss:.4f}, {result.test_images:,} images) with the weights "
+        f"of epoch {result.best_epoch}; {result.epochs_run} epochs, "
+        f"{result.train_s / 60:.1f} min{' (early stop)' if result.stopped_early else ''}"
+        f"  -> {result.run_dir}"
+    )
+
+
+def _train_group(
+    group: SeedGroup,
+    dataset: Dataset,
+    *,
+    rerun: str,
+    tensorboard: bool,
+    quiet: bool,
+    as_json: bool,
+) -> GroupSummary:
+    """Each seed in turn: a finished seed is reused, a started one resumed, the rest trained;
+    then the group's summary over its seeds. ``rerun`` continues the job after Ctrl-C."""
+    from analysis.seeds import percent, summarize_group
+    from toolkit.training import open_run, rerun_on_interrupt
+
+    out = err_console if as_json else console
+    for seed in group.seeds:
+        run_path = group.run_path(seed)
+        observer, board = _observers(run_path, tensorboard=tensorboard, quiet=quiet, out=out)
+        action, trainer = open_run(group.config(seed), run_path, dataset, observer=observer)
+        if trainer is None:
+            if not quiet:
+                out.print(
+                    f"[bold]{group.arch}[/] seed {seed}: finished earlier, reused ({run_path})"
+                )
+            continue
+        if not quiet:
+            _announce(trainer, run_path, out, resuming=action == "resume")
+        try:
+            with rerun_on_interrupt(run_path, rerun):
+                result = trainer.run()
+        finally:
+            if board is not None:
+                board.close()
+        if not as_json:
+            _print_result(result)
+    summary = summarize_group(group.path)
+    if not as_json:
+        seeds = ",".join(map(str, summary.seeds))
+        for e in summary.estimates:
             console.print(
-                f"[bold green]{result.arch}[/]: test accuracy {result.test_acc:.2%}{tta} "
-                f"(loss {result.test_loss:.4f}, {result.test_images:,} images) with the weights "
-                f"of epoch {result.best_epoch}; {result.epochs_run} epochs, "
-                f"{result.train_s / 60:.1f} min{' (early stop)' if result.stopped_early else ''}"
-                f"  -> {result.run_dir}"
+                f"[bold green]{summary.arch}[/] over seeds {seeds}: {e.metric} {percent(e)}"
+                f"  -> {summary.group}"
             )
-    if as_json and (not summaries or trainer.world.is_main):
-        print_json(summaries if len(summaries) > 1 else summaries[0])
+    return summary

@@ -16,6 +16,7 @@ from toolkit.training.engine import (
     TrainingInterrupted,
     evaluate,
 )
+from toolkit.training.group import SeedGroup, SeedGroupError, open_run, rerun_on_interrupt
 from toolkit.training.records import EpochRecord, TrainResult
 from toolkit.training.rundir import RunDir, RunDirError, default_run_name, resume_config
 
@@ -28,6 +29,8 @@ __all__ = [
     "Observer",
     "RunDir",
     "RunDirError",
+    "SeedGroup",
+    "SeedGroupError",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -39,6 +42,8 @@ __all__ = [
     "load_checkpoint",
     "make_config",
     "model_from_checkpoint",
+    "open_run",
+    "rerun_on_interrupt",
     "resolve_device",
     "resume_config",
     "save_checkpoint",

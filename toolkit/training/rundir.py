@@ -24,7 +24,7 @@ import torch
 import torchvision
 
 from toolkit import __version__
-from toolkit.config import ConfigError, TrainConfig
+from toolkit.config import ConfigError, TrainConfig, config_from_settings
 from toolkit.errors import RtkError
 from toolkit.fileio import TEMP_SUFFIX, atomic_path, remove_leftover_temps
 from toolkit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -224,13 +224,9 @@ class RunDir:
             settings, where = dict(self.read_config()["settings"]), self.path / self.CONFIG
         if not settings:
             raise ConfigError(f"{where} holds no training settings; cannot resume")
-        settings["milestones"] = tuple(settings.get("milestones", ()))
         if epochs is not None:
             settings["epochs"] = epochs
-        try:
-            return TrainConfig(**settings).validate()
-        except TypeError as exc:
-            raise ConfigError(f"{where} has settings this rtk does not know ({exc})") from exc
+        return config_from_settings(settings, where=where)
 
     # --- checkpoints ----------------------------------------------------------------------
 
