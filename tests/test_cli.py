@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import CLASSES
@@ -214,3 +215,16 @@ def test_a_full_disk_while_writing_a_plot_is_one_line(imagefolder: Path, tmp_pat
     assert "No space left on device" in result.stderr and "free disk space" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not plot.exists()
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file went too
+
+
+def test_console_width_follows_columns_set_after_import(monkeypatch: pytest.MonkeyPatch):
+    # pytest-xdist's workers start with COLUMNS=80, which Rich would keep for good; a later
+    # COLUMNS (CliRunner's, a user's) must decide, and without one a log is never squeezed.
+    from toolkit.cli.output import LOG_WIDTH, _Console
+
+    monkeypatch.setenv("COLUMNS", "80")
+    console = _Console(stderr=True)
+    monkeypatch.setenv("COLUMNS", "250")
+    assert console.size.width == 250
+    monkeypatch.delenv("COLUMNS")
+    assert console.size.width == LOG_WIDTH  # stderr is captured here: no terminal

@@ -17,11 +17,16 @@ LOG_WIDTH = 10_000
 class _Console(Console):
     """Rich assumes 80 columns where there is no terminal (CI logs, pipes) and squeezes
     tables into them, cutting numbers to an ellipsis; a log has no width, so nothing is cut
-    there. ``COLUMNS`` still decides when it is set."""
+    there. ``COLUMNS`` decides when it is set, read when printing: Rich reads it once, when the
+    console is made at import, and a process that sets it later (a test runner) would get the
+    import's width."""
 
     @property
     def size(self) -> ConsoleDimensions:
-        if not self.is_terminal and not os.environ.get("COLUMNS"):
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit():
+            return ConsoleDimensions(int(columns), super().size.height)
+        if not self.is_terminal:
             return ConsoleDimensions(LOG_WIDTH, super().size.height)
         return super().size
 
