@@ -427,6 +427,9 @@ def test_netron_renders_the_graph_in_a_real_browser(dataset: Dataset, tmp_path: 
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
+        # The server is up once it says so (a loaded machine may take longer than the browser
+        # wait below to start it).
+        assert "netron serves" in view.stdout.readline(), view.stderr.read()
         url = f"http://127.0.0.1:{port}"
         WebDriverWait(driver, 30, ignored_exceptions=(Exception,)).until(
             lambda d: d.get(url) is None and "netron" in d.title.lower()
