@@ -67,7 +67,7 @@ BUDGETS = {
     # bench and analysis but judges no skip gap: on 2 AVX2 cores an epoch of theirs takes ~25
     # min, and a few hundred steps in, the plain twin still leads (2026-11-23, zero-init
     # residual: 2 epochs on 5,000 images gave 32.7% with skips, 36.8% without). Measured on
-    # the same host: 6 epochs left the Mini-ResNet at 76.1% (75.1% at batch 128), 8 left the
+    # the same host: 6 epochs left the Mini-ResNet at 76.1% (74.6% at batch 128), 8 left the
     # baseline at 79.5%, hence 10 each to reach 80%.
     "quick": Budget(
         name="quick",
