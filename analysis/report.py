@@ -10,7 +10,14 @@ from typing import Any
 
 from analysis.seeds import Estimate, percent, summarize_group
 from analysis.sources import SourceError
-from toolkit.models import PAPER, Architecture, Published, architecture_names, get_architecture
+from toolkit.models import (
+    CONTROL,
+    PAPER,
+    Architecture,
+    Published,
+    architecture_names,
+    get_architecture,
+)
 from toolkit.training import RunDir, SeedGroup
 
 
@@ -21,15 +28,15 @@ class CompareRow:
     run: str
     recipe: str
     test_acc: float
-    paper_test_acc: float
+    paper_test_acc: float | None  # None: a control, which the paper does not train
     train_min: float
-    paper_train_min: float
+    paper_train_min: float | None
     epochs: int
     max_epochs: int
     stopped_early: bool
     train_images: int
     params: int
-    paper_params: int
+    paper_params: int | None
     device: str
     # A seed group's row: test_acc is the mean over its seeds, train_min the mean per seed,
     # epochs the most any seed ran, and this its test accuracy estimate. None: a single run.
@@ -40,13 +47,18 @@ def read_history(run: Path) -> list[dict[str, Any]]:
     return RunDir.open(run).read_history()
 
 
-def table_one_architecture(name: str) -> tuple[Architecture, Published]:
-    """One of the paper's four models with its Table I figures; Table I has no other rows."""
+TABLE_ONE_GROUPS = (PAPER, CONTROL)  # the paper's four, then rtk's controls (no paper figures)
+
+
+def table_one_architecture(name: str) -> tuple[Architecture, Published | None]:
+    """A Table I model with its paper figures: one of the paper's four, or one of rtk's
+    controls (a paper model without skips, which the paper never trained: no figures)."""
     arch = get_architecture(name)
-    if arch.group != PAPER or arch.published is None:
+    if arch.group not in TABLE_ONE_GROUPS:
+        names = [n for group in TABLE_ONE_GROUPS for n in architecture_names(group)]
         raise SourceError(
-            f"Table I has no row for {arch.name}: it compares the paper's four models "
-            f"({', '.join(architecture_names(PAPER))})"
+            f"Table I has no row for {arch.name}: it compares the paper's four models and "
+            f"their controls ({', '.join(names)})"
         )
     return arch, arch.published
 
@@ -88,35 +100,39 @@ def compare_runs(runs: list[Path], *, skip_others: bool = False) -> list[Compare
         else:
             rundir = RunDir.open(run)
             metrics, config = rundir.read_metrics(), rundir.read_config()
-        if skip_others and get_architecture(metrics["arch"]).group != PAPER:
+        if skip_others and get_architecture(metrics["arch"]).group not in TABLE_ONE_GROUPS:
             continue
         arch, paper = table_one_architecture(metrics["arch"])
         params = sum(p.numel() for p in arch.build().parameters())
+        # register() gives every paper model all three figures; a control has none.
+        paper_acc = paper.test_acc if paper else None
+        paper_min = paper.train_min if paper else None
         rows.append(
             CompareRow(
-                model=paper.name,
+                model=paper.name if paper else arch.name,
                 arch=arch.name,
                 run=run.name,
                 recipe=str(config["settings"].get("recipe", "?")),
                 test_acc=float(metrics["test_acc"]),
-                paper_test_acc=float(paper.test_acc or 0),  # register() requires it
+                paper_test_acc=paper_acc,
                 train_min=float(metrics["train_s"]) / 60,
-                paper_train_min=float(paper.train_min or 0),
+                paper_train_min=paper_min,
                 epochs=int(metrics["epochs_run"]),
                 max_epochs=int(config["settings"]["epochs"]),
                 stopped_early=bool(metrics["stopped_early"]),
                 train_images=int(config["data"]["train_images"]),
                 params=params,
-                paper_params=int(paper.params or 0),
+                paper_params=paper.params if paper else None,
                 device=str(metrics.get("device", "?")),
                 seeds=seeds,
             )
         )
     if not rows:
         raise SourceError(
-            "no finished runs (with metrics.json) of the paper's models to compare; train some"
+            "no finished runs (with metrics.json) of Table I's models to compare; train some"
         )
-    order = {name: i for i, name in enumerate(architecture_names(PAPER))}  # the paper's order
+    table_one = [n for group in TABLE_ONE_GROUPS for n in architecture_names(group)]
+    order = {name: i for i, name in enumerate(table_one)}  # the paper's order, then controls
     return sorted(rows, key=lambda r: (order.get(r.arch, len(order)), r.run))
 
 
@@ -127,14 +143,19 @@ TABLE_COLUMNS = (
 )  # fmt: skip
 
 
+NO_FIGURE = "—"  # a control's paper columns: the paper does not train it
+
+
 def table_cells(r: CompareRow) -> list[str]:
     early = ", early stop" if r.stopped_early else ""
     accuracy = f"{r.test_acc:.2%}" if r.seeds is None else percent(r.seeds)
     per_seed = "" if r.seeds is None else " per seed"
+    paper = r.paper_test_acc
     return [
-        r.model, r.run, r.recipe, accuracy, f"{r.paper_test_acc:.1%}",
-        f"{(r.test_acc - r.paper_test_acc) * 100:+.1f} pt",
-        f"{r.train_min:.1f}{per_seed} ({r.device})", f"{r.paper_train_min:g}",
+        r.model, r.run, r.recipe, accuracy, NO_FIGURE if paper is None else f"{paper:.1%}",
+        NO_FIGURE if paper is None else f"{(r.test_acc - paper) * 100:+.1f} pt",
+        f"{r.train_min:.1f}{per_seed} ({r.device})",
+        NO_FIGURE if r.paper_train_min is None else f"{r.paper_train_min:g}",
         f"{r.epochs} of {r.max_epochs}{early}", f"{r.train_images:,}", f"{r.params:,}",
     ]  # fmt: skip
 

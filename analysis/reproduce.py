@@ -21,6 +21,7 @@ from analysis.claims import (
     memory_claim,
 )
 from analysis.gradients import GradientProfile, profile_source
+from analysis.mechanisms import Mechanisms, mechanisms_markdown, why_skips
 from analysis.metrics import class_report, confusion, predict_test
 from analysis.plots import confusion_heatmap, gradient_flow, training_curves
 from analysis.report import (
@@ -34,6 +35,7 @@ from analysis.train_bench import bench_train_step
 from exporters.convert import export_onnx
 from toolkit.data import Dataset
 from toolkit.fileio import atomic_path
+from toolkit.models import CONTROL, PAPER, architecture_names
 from toolkit.training import (
     Observer,
     RunDir,
@@ -42,6 +44,11 @@ from toolkit.training import (
     open_run,
     rerun_on_interrupt,
 )
+
+PAPER_FOUR = tuple(architecture_names(PAPER))
+# The Mini-ResNet's plain twin answers "skips or capacity?"; the quick budget has no room for
+# its 10 epochs (about 25 min here), the others train it by default.
+WITH_CONTROL = (*PAPER_FOUR, *architecture_names(CONTROL))
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class Budget:
     bench_seconds: float = 1.0
     parity_images: int = 1000
     train_bench_batch: int = 64
+    models: tuple[str, ...] = PAPER_FOUR  # what `rtk reproduce` trains without --models
+    lesion_images: int = 2000  # test images for "Why skips work" (lesions, residual ratios)
+    lesion_draws: int = 3
 
 
 _NO_TTA = {"tta": False}  # the quick budget reports plain test accuracy: one test pass a model
@@ -81,12 +91,15 @@ BUDGETS = {
         per_model={
             "baseline-cnn": {"epochs": 10, **_NO_TTA},
             "mini-resnet": {"epochs": 10, **_NO_TTA},
+            "mini-resnet-noskip": {"epochs": 10, **_NO_TTA},
             "resnet18": {"epochs": 1, "train_subset": 2000, "batch_size": 64, **_NO_TTA},
             "resnet18-noskip": {"epochs": 1, "train_subset": 2000, "batch_size": 64, **_NO_TTA},
         },
         val_size=2000,
         grad_batches=4,
         parity_images=200,
+        lesion_images=300,
+        lesion_draws=2,
     ),
     # Every model trained to the end of a full fast-recipe schedule: hours on two CPU cores
     # (each ResNet-18 about 4 h on 2 AVX2 cores, resumable), minutes on a GPU. torch.compile
@@ -101,11 +114,13 @@ BUDGETS = {
         ),
         per_model={
             "mini-resnet": {"epochs": 24, "compile": True},
+            "mini-resnet-noskip": {"epochs": 24, "compile": True},
             "resnet18": {"epochs": 10, "compile": True},
             "resnet18-noskip": {"epochs": 10, "compile": True},
         },
         bench_batches=(1, 8, 64, 256),
         bench_seconds=3.0,
+        models=WITH_CONTROL,
     ),
     "paper": Budget(
         name="paper",
@@ -114,6 +129,7 @@ BUDGETS = {
         per_model={},
         bench_batches=(1, 8, 64, 256),
         bench_seconds=3.0,
+        models=WITH_CONTROL,
     ),
 }
 
@@ -163,7 +179,7 @@ def reproduce(
     observer: Observer | None = None,
 ) -> ReproduceResult:
     start = time.perf_counter()
-    # Table I, the claims and the report are the paper's: its four models only.
+    # Table I, the claims and the report are the paper's: its four models and their controls.
     archs = [table_one_architecture(m)[0].name for m in models]
     runs = {arch: out / "runs" / arch for arch in archs}
     figures = out / "figures"
@@ -208,6 +224,12 @@ def reproduce(
     memory_archs = [a for a in ("resnet18", "resnet18-noskip") if a in runs]
     steps = [bench_train_step(a, batch=budget.train_bench_batch) for a in memory_archs]
     say("benchmarks: inference latency and training memory")
+    mechanisms = why_skips(
+        runs, table, dataset, images=budget.lesion_images, draws=budget.lesion_draws,
+        figures=figures,
+    )  # fmt: skip
+    outputs += mechanisms.figures
+    say("why skips work: lesion study, residual ratios, paired differences")
 
     verdicts = [
         accuracy_claim(table),
@@ -222,7 +244,7 @@ def reproduce(
     text = _markdown(
         budget=budget, dataset=dataset, table=table, reports=reports, profiles=profiles,
         bench=bench, verdicts=verdicts, figures=[p.relative_to(out) for p in outputs],
-        apart=apart, minutes=(time.perf_counter() - start) / 60,
+        apart=apart, mechanisms=mechanisms, out=out, minutes=(time.perf_counter() - start) / 60,
     )  # fmt: skip
     with atomic_path(report) as tmp:
         tmp.write_text(text)
@@ -248,6 +270,8 @@ def _markdown(
     verdicts: list[Verdict],
     figures: list[Path],
     apart: dict[str, str],
+    mechanisms: Mechanisms,
+    out: Path,
     minutes: float,
 ) -> str:
     m = bench.machine
@@ -321,6 +345,7 @@ def _markdown(
     judged = f"recipe `{budget.recipe}`, budget `{budget.name}`"
     for v in verdicts:
         lines.append(f"| {v.claim} | **{v.verdict}** | {judged} | {v.evidence} |")
+    lines += ["", *mechanisms_markdown(mechanisms, judged=judged, root=out)]
     lines += ["", "## Figures", ""]
     lines += [f"![{path.stem}]({path})" for path in figures]
     return "\n".join(lines) + "\n"

@@ -22,11 +22,12 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
-# The paper's four and one network per other source, each new construct once: seed 003's
-# padding-3 stem, He et al.'s option-A shortcuts, seed 004's grouped bottleneck. Tests that
+# Table I's models (the paper's four and rtk's control) and one network per other source, each
+# new construct once: seed 003's padding-3 stem, He et al.'s option-A shortcuts, seed 004's
+# grouped bottleneck. Tests that
 # export or bench a model run over these; tests/test_models.py covers every architecture.
 SAMPLE_ARCHS = (
-    "baseline-cnn", "mini-resnet", "resnet18", "resnet18-noskip",
+    "baseline-cnn", "mini-resnet", "resnet18", "resnet18-noskip", "mini-resnet-noskip",
     "slim-resnet18", "resnet20", "resnext50-32x4d",
 )  # fmt: skip
 TRAIN_PER_CLASS = 20

@@ -37,7 +37,10 @@ PAPER_COUNTS = {
 # a 3x3 stride-1 stem, no max-pool and 10 classes (the same parameter shapes, so the same
 # count; test_seed004_networks_are_torchvisions_on_the_cifar_stem below keeps it so).
 HE_COUNTS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
+# The Mini-ResNet's plain twin: its count less the four projection shortcuts (1x1 conv + BN:
+# 32x32+64, 32x64+128, 64x128+256, 128x256+512 = 44,992; every stage is strided).
 NEW_COUNTS = {
+    "mini-resnet-noskip": 2_798_698 - 44_992,
     "slim-resnet18": 701_466,
     **{f"resnet{depth}": count for depth, count in HE_COUNTS.items()},
     **{f"plain{depth}": count for depth, count in HE_COUNTS.items()},

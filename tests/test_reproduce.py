@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from analysis.reproduce import BUDGETS, Budget, budget_config, reproduce
+from analysis.reproduce import BUDGETS, WITH_CONTROL, Budget, budget_config, reproduce
 from tests.test_training import _InterruptAt
 from toolkit.data import load_dataset
 from toolkit.models import PAPER, architecture_names
@@ -16,19 +16,19 @@ TINY = Budget(
     name="tiny",
     recipe="paper",
     reduction="1 epoch on 64 images per model (a test)",
-    per_model={
-        a: {"epochs": 1, "train_subset": 64, "batch_size": 32} for a in architecture_names(PAPER)
-    },
+    per_model={a: {"epochs": 1, "train_subset": 64, "batch_size": 32} for a in WITH_CONTROL},
     val_size=50,
     grad_batches=1,
     bench_batches=(1,),
     bench_seconds=0.05,
     parity_images=50,
     train_bench_batch=2,
+    lesion_draws=2,
 )
 SECTIONS = [
     "## Setup", "## Table I", "## Per-class results", "## Gradient flow",
-    "## Inference latency", "## Claims", "## Figures",
+    "## Inference latency", "## Claims", "## Why skips work", "### Skips or capacity",
+    "### With and without skips", "### Lesion study", "### Residual ratios", "## Figures",
 ]  # fmt: skip
 
 
@@ -36,7 +36,7 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     dataset = load_dataset(imagefolder)
     said: list[str] = []
     result = reproduce(
-        budget=TINY, models=architecture_names(PAPER), out=tmp_path, dataset=dataset,
+        budget=TINY, models=list(WITH_CONTROL), out=tmp_path, dataset=dataset,
         say=said.append,
     )  # fmt: skip
     text = result.report.read_text()
@@ -44,12 +44,28 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     assert positions == sorted(positions)
     assert "Recipe `paper` for every model, budget `tiny`: 1 epoch on 64 images" in text
     assert "Trained under other settings" not in text
-    for arch in architecture_names(PAPER):
+    for arch in WITH_CONTROL:
         assert f"| {arch} |" in text
         assert (tmp_path / "runs" / arch / "model.onnx").is_file()
-    claims = text.split("## Claims")[1].split("## Figures")[0]
+    # The control is a Table I row without paper figures.
+    assert "| mini-resnet-noskip | mini-resnet-noskip | paper |" in text
+    control = next(line for line in text.splitlines() if line.startswith("| mini-resnet-noskip |"))
+    assert control.split(" | ").count("—") == 3  # paper accuracy, difference, paper minutes
+    claims = text.split("## Claims")[1].split("## Why skips work")[0]
     assert claims.count("**") == 2 * len(result.verdicts) == 14
     assert {v.verdict for v in result.verdicts} <= {"supported", "not supported", "not measured"}
+    # Why skips work: each residual network against its plain twin, on the same test images.
+    why = text.split("## Why skips work")[1].split("## Figures")[0]
+    assert "Mini-ResNet's lead over the baseline CNN comes from its skips" in why
+    assert "**not measured**" not in why.split("### With and without")[0]  # all three ran
+    assert why.count("(paired by seed): **inconclusive**. one run each") == 2
+    for residual, plain in [("resnet18", "resnet18-noskip"), ("mini-resnet", "mini-resnet-noskip")]:
+        assert f"| {residual} | " in why.split("### Lesion study")[1]
+        assert f"| {plain} | " in why.split("### Lesion study")[1]
+        assert (tmp_path / "figures" / f"lesion-{residual}.png") in result.figures
+        for at in ("init", "best"):
+            assert f"| {residual} | {at} | stage1 |" in why
+    assert "| resnet18-noskip | init |" not in why  # a plain network has no residual ratio
     for figure in result.figures:
         assert f"]({figure.relative_to(tmp_path)})" in text
         with Image.open(figure) as image:
@@ -70,8 +86,14 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
 
 def test_budgets_train_every_model_with_their_recipe():
     assert list(BUDGETS) == ["quick", "fast", "paper"]
+    # The quick budget has no room for the control; the others train it by default.
+    assert BUDGETS["quick"].models == tuple(architecture_names(PAPER))
+    assert BUDGETS["fast"].models == BUDGETS["paper"].models == WITH_CONTROL
     for budget in BUDGETS.values():
-        configs = {a: budget_config(a, budget) for a in architecture_names(PAPER)}
+        configs = {a: budget_config(a, budget) for a in WITH_CONTROL}
+        # The Mini-ResNet's twin trains exactly as the Mini-ResNet, in every budget.
+        twin = dataclasses.replace(configs["mini-resnet-noskip"], arch="mini-resnet")
+        assert twin == configs["mini-resnet"]
         assert {c.recipe for c in configs.values()} == {budget.recipe}
         # What a budget does not trim is its recipe's own setting, for every model alike.
         untrimmed = set(RECIPES[budget.recipe]) - {k for o in budget.per_model.values() for k in o}

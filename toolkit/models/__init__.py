@@ -4,6 +4,7 @@ registry."""
 from toolkit.models.base import Classifier, WeightLayer, stage_of
 from toolkit.models.inference import autocast, batched_logits
 from toolkit.models.registry import (
+    CONTROL,
     GROUPS,
     PAPER,
     Architecture,
@@ -17,6 +18,7 @@ from toolkit.models.registry import (
 from toolkit.models.resnet import ResidualBlock, lesioned, residual_blocks
 
 __all__ = [
+    "CONTROL",
     "GROUPS",
     "PAPER",
     "Architecture",

@@ -20,8 +20,11 @@ MODEL_CLASSES: dict[str, type[Classifier]] = {"ResNet": ResNet, "BaselineCNN": B
 # Where each family of networks comes from. The paper's group is the one Table I, `rtk
 # reproduce`, `rtk train all` and the claims use; the others are there to go beyond it.
 PAPER = "paper"
+CONTROL = "control"
 GROUPS: dict[str, str] = {
     PAPER: "Liu & Goh 2025 (arXiv 2510.24036): the paper's four models, Table I",
+    CONTROL: "rtk's controls in Table I: a paper model without its skips, which the paper "
+    "does not train",
     "seed003": "seeds/003: a slim ResNet-18 (stem 3->16, padding 3; 16-128 wide)",
     "he2015": "He et al. 2015, Sec. 4.2: CIFAR ResNets (option-A shortcuts) and plain twins",
     "seed004": "seeds/004: ResNet-34, bottleneck ResNet-50 and ResNeXt on the CIFAR stem",
@@ -161,6 +164,18 @@ register(
             "skip": False,
             **_STAGES,
         },
+    )
+)
+
+# The reviewer's next question: is the Mini-ResNet's lead over the baseline its skips or its
+# 7x parameters? Its plain twin answers it (same layers, no shortcuts, so no projections).
+register(
+    Architecture(
+        name="mini-resnet-noskip",
+        group=CONTROL,
+        description="Mini-ResNet with every shortcut removed",
+        model_class="ResNet",
+        kwargs={**get_architecture("mini-resnet").kwargs, "skip": False},
     )
 )
 
