@@ -25,7 +25,7 @@ from toolkit.models import (
     create_model,
     get_architecture,
 )
-from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
+from toolkit.training import RunDir, SeedGroup, load_checkpoint, model_from_checkpoint
 
 At = Literal["init", "best"]
 
@@ -68,7 +68,10 @@ def load_model(spec: str, dataset: Dataset, *, at: At, analysis: str, seed: int 
         return _fresh(spec, at=at, seed=seed)
     payload = read_checkpoint(path)
     check_classes(payload["classes"], dataset, spec)
-    label = path.name if path.is_dir() else f"{path.resolve().parent.name}/{path.name}"
+    # A seed's run is named seed-N in every group: its group's name tells two apart.
+    in_group = path.is_dir() and SeedGroup.is_group(path.resolve().parent)
+    named_by_parent = in_group or not path.is_dir()
+    label = f"{path.resolve().parent.name}/{path.name}" if named_by_parent else path.name
     if at == "best":
         return SourceModel(label, at, model_from_checkpoint(payload))
     config = payload.get("config")

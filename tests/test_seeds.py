@@ -239,6 +239,17 @@ def test_report_seeds_compare_and_curves_read_groups(trained: Trained, tmp_path:
         assert image.format == "PNG" and image.size[0] > 400
 
 
+def test_analyses_name_a_seed_run_by_its_group(trained: Trained):
+    """Every group's runs are seed-0, seed-1, ...: a lesion study of two groups' seed 0 must
+    tell them apart (it read "seed-0 keeps more than seed-0")."""
+    mini = trained.runs / "g-mini-resnet" / "seed-0"
+    where = ["--data", trained.data, "--at", "best", "--json"]
+    result = _rtk("analyze", "residuals", mini, trained.runs / "plain", *where)
+    assert result.exit_code == 0, result.output
+    labels = [p["model"] for p in json.loads(result.stdout)]
+    assert labels == ["g-mini-resnet/seed-0", "plain"]  # a lone run keeps its folder's name
+
+
 def test_a_seed_trained_under_other_settings_is_refused(trained: Trained, tmp_path: Path):
     copy = shutil.copytree(trained.runs / "g-baseline-cnn", tmp_path / "g")
     config = json.loads((copy / "seed-2" / "config.json").read_text())
