@@ -44,6 +44,7 @@ test: lint
 bench: install
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/cpu_allocator.py
 	$(PY) benchmarks/inference.py
 
 clean:

@@ -27,7 +27,7 @@ from toolkit.models import Classifier, WeightLayer, batched_logits, get_architec
 from toolkit.models.inference import autocast
 from toolkit.training import distributed
 from toolkit.training.checkpoint import describe_model
-from toolkit.training.device import amp_dtype, peak_memory_mb, resolve_device
+from toolkit.training.device import amp_dtype, keep_freed_memory, peak_memory_mb, resolve_device
 from toolkit.training.records import EpochRecord, TrainResult
 from toolkit.training.rundir import RunDir
 
@@ -194,6 +194,9 @@ class Trainer:
         self.device = distributed.device_for(self.world, device_type)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+            self.allocator = "torch CUDA caching allocator"
+        else:
+            self.allocator = keep_freed_memory()
         self.amp_dtype = amp_dtype(config, self.device)
         self.observer = observer if self.world.is_main else None
 
@@ -391,7 +394,11 @@ class Trainer:
             self.rundir.remove_leftovers()
             self.rundir.clear_metrics()  # stale while training
             self.rundir.write_config(
-                c, device=str(self.device), world_size=self.world.size, data=self._data_facts()
+                c,
+                device=str(self.device),
+                world_size=self.world.size,
+                data=self._data_facts(),
+                allocator=self.allocator,
             )
             if self.epoch == 0:
                 self.rundir.save_last(self._payload(full=True, rng=rng))

@@ -184,7 +184,13 @@ class RunDir:
     # --- settings -------------------------------------------------------------------------
 
     def write_config(
-        self, config: TrainConfig, *, device: str, world_size: int, data: dict[str, Any]
+        self,
+        config: TrainConfig,
+        *,
+        device: str,
+        world_size: int,
+        data: dict[str, Any],
+        allocator: str,
     ) -> None:
         content = {
             "settings": config.to_dict(),
@@ -194,6 +200,7 @@ class RunDir:
             "memory_metric": "cuda max_memory_allocated"
             if device.startswith("cuda")
             else "process peak RSS (ru_maxrss)",
+            "allocator": allocator,
             "data": data,
             "versions": {
                 "rtk": __version__,
