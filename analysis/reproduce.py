@@ -78,22 +78,20 @@ BUDGETS = {
     # min, and a few hundred steps in, the plain twin still leads (2026-11-23, zero-init
     # residual: 2 epochs on 5,000 images gave 32.7% with skips, 36.8% without). Measured on
     # the same host: 6 epochs left the Mini-ResNet at 76.1% (74.6% at batch 128), 8 left the
-    # baseline at 79.5%, hence 10 each to reach 80%. The Mini-ResNet is compiled: its 10
-    # epochs took 26.7 min eager in the 47.9-min demo, and compiling pays back within the first
-    # epoch (+14% training images/s, benchmarks/train_throughput.py; about 30 s to compile).
+    # baseline at 79.5%, hence 10 each to reach 80%.
     "quick": Budget(
         name="quick",
         recipe="fast",
         reduction=(
-            "fast recipe, but 2,000 validation images; baseline CNN and Mini-ResNet (compiled) "
-            "10 epochs on the other 48,000 training images; ResNet-18 with and without skips "
+            "fast recipe, but 2,000 validation images; baseline CNN and Mini-ResNet 10 epochs "
+            "on the other 48,000 training images; ResNet-18 with and without skips "
             "1 epoch on a seeded 2,000-image subset at batch 64, far too short to judge them "
             "(budget fast does); no flip TTA"
         ),
         per_model={
             "baseline-cnn": {"epochs": 10, **_NO_TTA},
-            "mini-resnet": {"epochs": 10, "compile": True, **_NO_TTA},
-            "mini-resnet-noskip": {"epochs": 10, "compile": True, **_NO_TTA},
+            "mini-resnet": {"epochs": 10, **_NO_TTA},
+            "mini-resnet-noskip": {"epochs": 10, **_NO_TTA},
             "resnet18": {"epochs": 1, "train_subset": 2000, "batch_size": 64, **_NO_TTA},
             "resnet18-noskip": {"epochs": 1, "train_subset": 2000, "batch_size": 64, **_NO_TTA},
         },
@@ -104,21 +102,22 @@ BUDGETS = {
         lesion_draws=2,
     ),
     # Every model trained to the end of a full fast-recipe schedule: hours on two CPU cores
-    # (each ResNet-18 about 4 h on 2 AVX2 cores, resumable), minutes on a GPU. torch.compile
-    # where it pays back within the run (benchmarks/train_throughput.py here: +14% Mini-ResNet,
-    # +8% ResNet-18 training images/s; none on the baseline CNN).
+    # (each ResNet-18 about 3-4 h on 2 AVX2 cores, resumable), minutes on a GPU. No budget
+    # compiles: with the trainer's allocator setting, eager trains faster than torch.compile
+    # here (benchmarks/train_throughput.py, 2026-11-24: compiled / eager 0.82x baseline CNN,
+    # 0.92x Mini-ResNet, 0.96x ResNet-18).
     "fast": Budget(
         name="fast",
         recipe="fast",
         reduction=(
             "none: the fast recipe's full schedule (baseline CNN 18 epochs, Mini-ResNet 24, "
-            "ResNet-18 with and without skips 10; the last three compiled)"
+            "ResNet-18 with and without skips 10)"
         ),
         per_model={
-            "mini-resnet": {"epochs": 24, "compile": True},
-            "mini-resnet-noskip": {"epochs": 24, "compile": True},
-            "resnet18": {"epochs": 10, "compile": True},
-            "resnet18-noskip": {"epochs": 10, "compile": True},
+            "mini-resnet": {"epochs": 24},
+            "mini-resnet-noskip": {"epochs": 24},
+            "resnet18": {"epochs": 10},
+            "resnet18-noskip": {"epochs": 10},
         },
         bench_batches=(1, 8, 64, 256),
         bench_seconds=3.0,

@@ -105,7 +105,6 @@ def test_budgets_train_every_model_with_their_recipe():
     # Batch 64 instead of the recipe's 256: the rate scales with it.
     assert quick["resnet18"].lr == RECIPES["fast"]["lr"] * 64 / 256
     assert quick["mini-resnet"].lr == RECIPES["fast"]["lr"]
-    assert quick["mini-resnet"].compile and not quick["baseline-cnn"].compile
     assert not any(c.tta for c in quick.values())
     fast = {a: budget_config(a, BUDGETS["fast"]) for a in architecture_names(PAPER)}
     assert fast["resnet18"].epochs == fast["resnet18-noskip"].epochs == 10
