@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# The main job: the whole paper on a CPU budget (48 min on two AVX2 cores, ~24 with AVX-512).
+# The main job: the whole paper on a CPU budget (29 min on two AVX2 cores, 23 on two AVX-512 ones).
 demo: install
 	$(RTK) data info
 	$(RTK) models
