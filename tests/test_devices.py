@@ -5,6 +5,7 @@ GPU are in test_gpu.py, marked ``gpu``.)"""
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import subprocess
 import sys
@@ -127,8 +128,9 @@ def test_a_checkpoint_from_before_per_rank_rng_states_resumes_exactly(
 
 
 _REFAULT = """
-import resource, sys, torch
+import ctypes, resource, sys, torch
 from toolkit.training.device import keep_freed_memory
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: count base pages, as THP varies
 if sys.argv[1] == "keep":
     print(keep_freed_memory())
 def faults_of_one_step() -> int:
@@ -144,8 +146,8 @@ print(*[faults_of_one_step() for _ in range(6)])
 )
 def test_the_cpu_trainer_reuses_freed_activations_instead_of_faulting_them_back():
     # Each case in a fresh process: the setting is process-wide. By default glibc unmaps a
-    # 256 MiB block on free and every step faults its 65,536 pages back in; kept, the heap
-    # settles within two steps (a small allocation may split the first freed block).
+    # 256 MiB block on free and every step faults its pages back in; kept, the heap settles
+    # within two steps (a small allocation may split the first freed block).
     def run(case: str) -> tuple[str, list[int]]:
         done = subprocess.run(
             [sys.executable, "-c", _REFAULT, case], capture_output=True, text=True, check=True
@@ -153,8 +155,11 @@ def test_the_cpu_trainer_reuses_freed_activations_instead_of_faulting_them_back(
         *said, faults = done.stdout.splitlines()
         return " ".join(said), [int(n) for n in faults.split()]
 
+    pages = (256 << 20) // os.sysconf("SC_PAGE_SIZE")
     _, default = run("default")
     said, kept = run("keep")
-    assert all(n > 60_000 for n in default)
-    assert sum(kept[2:]) < 1_000, kept
+    if "refused" in said:
+        pytest.skip(f"this glibc refuses the setting (before 2.35): {said}")
+    assert all(n > 0.9 * pages for n in default), default
+    assert sum(kept[2:]) < pages / 64, kept
     assert said == "glibc malloc, mmap threshold 1024 MiB, trim threshold 2048 MiB"

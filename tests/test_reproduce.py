@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,9 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     assert positions == sorted(positions)
     assert "Recipe `paper` for every model, budget `tiny`: 1 epoch on 64 images" in text
     assert "Trained under other settings" not in text
+    # The benchmarks ran under the allocator setting the runs trained with, and say which.
+    trained = json.loads((tmp_path / "runs" / "resnet18" / "config.json").read_text())
+    assert f"benchmark: {trained['allocator']}." in text
     for arch in WITH_CONTROL:
         assert f"| {arch} |" in text
         assert (tmp_path / "runs" / arch / "model.onnx").is_file()

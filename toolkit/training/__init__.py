@@ -8,7 +8,7 @@ from toolkit.training.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from toolkit.training.device import resolve_device
+from toolkit.training.device import keep_freed_memory, resolve_device
 from toolkit.training.engine import (
     NonFiniteLossError,
     Observer,
@@ -39,6 +39,7 @@ __all__ = [
     "default_run_name",
     "evaluate",
     "initial_checkpoint",
+    "keep_freed_memory",
     "load_checkpoint",
     "make_config",
     "model_from_checkpoint",
