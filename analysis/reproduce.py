@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,19 +250,31 @@ def reproduce(
         budget=budget, dataset=dataset, table=table, reports=reports, profiles=profiles,
         bench=bench, verdicts=verdicts, figures=[p.relative_to(out) for p in outputs],
         apart=apart, mechanisms=mechanisms, out=out, minutes=(time.perf_counter() - start) / 60,
-        allocator=allocator,
+        allocator=allocator, archs=archs,
     )  # fmt: skip
     with atomic_path(report) as tmp:
         tmp.write_text(text)
     return ReproduceResult(report, table, verdicts, outputs)
 
 
-def _recipe_text(recipe: str) -> str:
-    """Every setting a model trained with ``recipe`` gets (the recipe's values over
-    TrainConfig's defaults), as ``key value`` pairs."""
-    settings = make_config("baseline-cnn", recipe).to_dict()
-    keys = [k for k in settings if k not in ("arch", "recipe", "device")]
-    return ", ".join(f"{k} {settings[k]}" for k in keys)
+def settings_text(budget: Budget, archs: Sequence[str]) -> str:
+    """Every setting the models train with under ``budget`` (its recipe over TrainConfig's
+    defaults, then its per-model changes), as ``key value`` pairs; a setting the models do
+    not share is given per model, so no model's epochs or subset hide behind another's."""
+    configs = {arch: budget_config(arch, budget).to_dict() for arch in archs}
+    parts = []
+    for key in configs[archs[0]]:
+        if key in ("arch", "recipe", "device"):
+            continue
+        by_value: dict[str, list[str]] = {}
+        for arch, settings in configs.items():
+            by_value.setdefault(str(settings[key]), []).append(arch)
+        if len(by_value) == 1:
+            parts.append(f"{key} {next(iter(by_value))}")
+        else:
+            each = " / ".join(f"{value} ({', '.join(a)})" for value, a in by_value.items())
+            parts.append(f"{key} {each}")
+    return ", ".join(parts)
 
 
 def _markdown(
@@ -280,6 +292,7 @@ def _markdown(
     out: Path,
     minutes: float,
     allocator: str,
+    archs: Sequence[str],
 ) -> str:
     m = bench.machine
     lines = [
@@ -296,7 +309,8 @@ def _markdown(
         f"- Data: {dataset.source.path} ({dataset.source.format}), {len(dataset.train):,} "
         f"training images (validation held out of them), {len(dataset.test):,} test images.",
         f"- Recipe `{budget.recipe}` for every model, budget `{budget.name}`: {budget.reduction}.",
-        f"- Recipe `{budget.recipe}` in full: {_recipe_text(budget.recipe)}.",
+        f"- Settings in full (recipe `{budget.recipe}`, then the budget's changes): "
+        f"{settings_text(budget, archs)}.",
     ]
     if apart:
         runs = "; ".join(f"{arch}: {difference}" for arch, difference in apart.items())

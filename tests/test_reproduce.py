@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from analysis.reproduce import BUDGETS, WITH_CONTROL, Budget, budget_config, reproduce
+from analysis.reproduce import (
+    BUDGETS,
+    WITH_CONTROL,
+    Budget,
+    budget_config,
+    reproduce,
+    settings_text,
+)
 from tests.test_training import _InterruptAt
 from toolkit.data import load_dataset
 from toolkit.models import PAPER, architecture_names
@@ -26,6 +33,7 @@ TINY = Budget(
     train_bench_batch=2,
     lesion_draws=2,
 )
+PAPER_ARCHS = tuple(architecture_names(PAPER))
 SECTIONS = [
     "## Setup", "## Table I", "## Per-class results", "## Gradient flow",
     "## Inference latency", "## Claims", "## Why skips work", "### Skips or capacity",
@@ -115,6 +123,19 @@ def test_budgets_train_every_model_with_their_recipe():
     assert all(c.scheduler == "linear" and c.patience == 0 for c in fast.values())
     paper = budget_config("resnet18", BUDGETS["paper"])
     assert (paper.optimizer, paper.lr, paper.epochs, paper.patience) == ("adam", 1e-3, 30, 7)
+
+
+def test_report_settings_give_each_model_the_epochs_and_rate_it_trained_with():
+    """REPORT.md's settings line: shared settings once, the budget's per-model ones per model
+    (the fast budget's ResNet-18s train 10 epochs, not the recipe's 18)."""
+    text = settings_text(BUDGETS["fast"], PAPER_ARCHS)
+    assert "val_size 5000," in text and "batch_size 256," in text and "lr 0.2," in text
+    assert "epochs 18 (baseline-cnn) / 24 (mini-resnet) / 10 (resnet18, resnet18-noskip)" in text
+    quick = settings_text(BUDGETS["quick"], PAPER_ARCHS)
+    assert "val_size 2000," in quick and "tta False," in quick  # the budget's, not the recipe's
+    assert "epochs 10 (baseline-cnn, mini-resnet) / 1 (resnet18, resnet18-noskip)" in quick
+    subsets = "train_subset None (baseline-cnn, mini-resnet) / 2000 (resnet18, resnet18-noskip)"
+    assert subsets in quick
 
 
 def test_ctrl_c_under_reproduce_names_the_command_that_continues(imagefolder: Path, tmp_path: Path):
