@@ -52,6 +52,8 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     positions = [text.index(section) for section in SECTIONS]
     assert positions == sorted(positions)
     assert "Recipe `paper` for every model, budget `tiny`: 1 epoch on 64 images" in text
+    assert "the budget's changes): optimizer adam," in text and "epochs 1," in text
+    assert "val_size 50," in text  # the budget's, not the recipe's 5,000
     assert "Trained under other settings" not in text
     # The benchmarks ran under the allocator setting the runs trained with, and say which.
     trained = json.loads((tmp_path / "runs" / "resnet18" / "config.json").read_text())
