@@ -50,7 +50,7 @@ DEPTH_BUDGETS = {
     # He et al. trained 64k iterations (164 epochs). Here a session is at most three hours and
     # a machine's disk may not outlive it, so the full study must fit in one sitting: the six
     # networks at 20, 32 and 56 layers train at 113-341 s an epoch of 45,000 images on one
-    # AVX-512 core (1,250 s together), and 10 epochs on 30,000 images run in about 85 minutes
+    # AVX-512 core (1,250 s together), and 10 epochs on 30,000 images ran in 72 minutes
     # as two one-thread processes (README: "Depth").
     "full": DepthBudget(
         name="full",
