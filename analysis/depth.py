@@ -47,11 +47,10 @@ DEPTH_BUDGETS = {
         "1,000 validation images",
         overrides={**_HE, "epochs": 3, "train_subset": 5000, "batch_size": 128, "val_size": 1000},
     ),
-    # He et al. trained 64k iterations (164 epochs). Here a session is at most three hours and
-    # a machine's disk may not outlive it, so the full study must fit in one sitting: the six
-    # networks at 20, 32 and 56 layers train at 113-341 s an epoch of 45,000 images on one
-    # AVX-512 core (1,250 s together), and 10 epochs on 30,000 images ran in 72 minutes
-    # as two one-thread processes (README: "Depth").
+    # He et al. trained 64k iterations (164 epochs). On two CPU cores the six networks at 20,
+    # 32 and 56 layers take 1,250 s of one core per epoch of 45,000 images (AVX-512), so the
+    # full study is sized to finish in one sitting: 10 epochs on 30,000 images ran in 72
+    # minutes as two one-thread processes (README: "Depth").
     "full": DepthBudget(
         name="full",
         recipe="fast",

@@ -17,7 +17,7 @@ def depth(
     budget: str = typer.Option(
         "quick",
         help="quick (minutes: a first look) or full (10 epochs each on 30,000 images: "
-        "~1.5 h on 2 CPU cores).",
+        "over an hour on 2 CPU cores).",
     ),
     depths: list[int] = typer.Option(
         None, "--depth", help="Depths of He et al.'s CIFAR family to train [20, 32, 56]."
