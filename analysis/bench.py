@@ -29,7 +29,7 @@ from analysis.latency import (
     bench_onnx,
     bench_torch,
     cpu_model,
-    fp32_ceiling_gflops,
+    matmul_gflops,
 )
 from analysis.params import count_macs
 from exporters import metadata
@@ -288,7 +288,7 @@ def run_bench(
                     _gflops(target, eager),
                 )  # fmt: skip
                 rows.append(eager_row)
-    ceiling = fp32_ceiling_gflops() if device == "cpu" else None
+    ceiling = matmul_gflops() if device == "cpu" else None
     machine = Machine(
         cpu=cpu_model(),
         cores=os.cpu_count() or 1,

@@ -69,15 +69,6 @@ def diagnose() -> DoctorReport:
 # --- CPU -------------------------------------------------------------------------------------
 
 
-def cpu_flags(cpuinfo: str) -> set[str]:
-    """The feature flags of /proc/cpuinfo (x86 ``flags``, Arm ``Features``)."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
 def _cpu_model(cpuinfo: str) -> str:
     lscpu = shutil.which("lscpu")
     if lscpu:
@@ -94,9 +85,11 @@ def _cpu_model(cpuinfo: str) -> str:
 def cpu_checks() -> list[Check]:
     import torch
 
-    from analysis.latency import fp32_ceiling_gflops
+    from analysis.latency import matmul_gflops
+    from toolkit.training import device
+    from toolkit.training.device import cpu_bf16_support, cpu_flags
 
-    cpuinfo_path = Path("/proc/cpuinfo")
+    cpuinfo_path = device.CPUINFO
     cpuinfo = cpuinfo_path.read_text() if cpuinfo_path.is_file() else ""
     flags = cpu_flags(cpuinfo)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -125,16 +118,35 @@ def cpu_checks() -> list[Check]:
             f"(OMP_NUM_THREADS {omp})",
         )
     )
-    gflops = fp32_ceiling_gflops(MATMUL_SIZE, MATMUL_REPEATS)
+    bf16 = cpu_bf16_support()
     checks.append(
         Check(
             "cpu",
-            "fp32 matmul",
-            "ok",
-            f"{gflops:,.0f} GFLOP/s ({MATMUL_SIZE}x{MATMUL_SIZE}, best of {MATMUL_REPEATS}; "
-            "compare only within this machine)",
+            "native bf16",
+            "ok" if bf16.native else "missing",
+            f"{'yes' if bf16.native else 'no'} ({bf16.source}): "
+            + (
+                "--amp and the fast recipe train in bf16"
+                if bf16.native
+                else "training stays fp32 (--amp refused)"
+            ),
         )
     )
+    fp32 = matmul_gflops(MATMUL_SIZE, MATMUL_REPEATS)
+    rates = [("fp32 matmul", fp32, "compare only within this machine")]
+    if bf16.native:  # emulated bf16 is slow, and rtk never trains in it
+        rate = matmul_gflops(MATMUL_SIZE, MATMUL_REPEATS, dtype=torch.bfloat16)
+        rates.append(("bf16 matmul", rate, f"{rate / fp32:.2f}x fp32"))
+    for name, rate, note in rates:
+        checks.append(
+            Check(
+                "cpu",
+                name,
+                "ok",
+                f"{rate:,.0f} GFLOP/s ({MATMUL_SIZE}x{MATMUL_SIZE}, best of {MATMUL_REPEATS}; "
+                f"{note})",
+            )
+        )
     return checks
 
 

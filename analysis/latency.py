@@ -120,11 +120,13 @@ def time_calls(
     return times
 
 
-def fp32_ceiling_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This machine's fp32 matrix-product rate through PyTorch (best of ``repeats``):
-    the ceiling a convolutional network's throughput is compared against."""
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+def matmul_gflops(
+    size: int = 2048, repeats: int = 5, *, dtype: torch.dtype = torch.float32
+) -> float:
+    """This machine's matrix-product rate through PyTorch in ``dtype`` (best of ``repeats``):
+    the ceiling a convolutional network's throughput in that precision is compared against."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
     best = min(time_calls(lambda: torch.mm(a, b), warmup=1, iters=repeats, seconds=None))
     return 2 * size**3 / best / 1e9

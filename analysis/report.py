@@ -18,7 +18,7 @@ from toolkit.models import (
     architecture_names,
     get_architecture,
 )
-from toolkit.training import RunDir, SeedGroup
+from toolkit.training import RunDir, SeedGroup, trained_precision
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class CompareRow:
     params: int
     paper_params: int | None
     device: str
+    precision: str  # what training computed in (the test pass is fp32 since rtk recorded it)
     # A seed group's row: test_acc is the mean over its seeds, train_min the mean per seed,
     # epochs the most any seed ran, and this its test accuracy estimate. None: a single run.
     seeds: Estimate | None = None
@@ -124,6 +125,7 @@ def compare_runs(runs: list[Path], *, skip_others: bool = False) -> list[Compare
                 params=params,
                 paper_params=paper.params if paper else None,
                 device=str(metrics.get("device", "?")),
+                precision=trained_precision(config),
                 seeds=seeds,
             )
         )
@@ -154,7 +156,7 @@ def table_cells(r: CompareRow) -> list[str]:
     return [
         r.model, r.run, r.recipe, accuracy, NO_FIGURE if paper is None else f"{paper:.1%}",
         NO_FIGURE if paper is None else f"{(r.test_acc - paper) * 100:+.1f} pt",
-        f"{r.train_min:.1f}{per_seed} ({r.device})",
+        f"{r.train_min:.1f}{per_seed} ({r.device}, {r.precision})",
         NO_FIGURE if r.paper_train_min is None else f"{r.paper_train_min:g}",
         f"{r.epochs} of {r.max_epochs}{early}", f"{r.train_images:,}", f"{r.params:,}",
     ]  # fmt: skip

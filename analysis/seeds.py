@@ -19,7 +19,8 @@ from typing import Any
 from scipy import stats
 
 from analysis.sources import SourceError
-from toolkit.training import RunDir, SeedGroup
+from toolkit.config import config_from_settings
+from toolkit.training import RunDir, SeedGroup, trained_precision
 
 CONFIDENCE = 0.95
 # The test figures a group is summarised by: plain accuracy always, flip-TTA accuracy when
@@ -148,6 +149,8 @@ def summarize_group(path: Path) -> GroupSummary:
     finished, or that was trained under other settings than the group's, is an error: either
     would make the spread mean something else."""
     group = SeedGroup.open(path)
+    shared = config_from_settings({**group.settings, "seed": 0}, where=group.manifest).to_dict()
+    precisions: dict[int, str] = {}
     runs = []
     for seed in group.seeds:
         rundir = RunDir(group.run_path(seed))
@@ -155,14 +158,22 @@ def summarize_group(path: Path) -> GroupSummary:
             raise SourceError(
                 f"seed {seed} of {path} has not finished; `rtk train --resume {path}` trains it"
             )
-        settings = dict(rundir.read_config()["settings"])
-        settings.pop("seed", None)
-        if settings != group.settings:
-            apart = sorted(k for k in {*settings, *group.settings}
-                           if settings.get(k) != group.settings.get(k))  # fmt: skip
+        config = rundir.read_config()
+        # Both through TrainConfig: a setting added to rtk since takes its default on each side.
+        where = rundir.path / RunDir.CONFIG
+        settings = config_from_settings({**config["settings"], "seed": 0}, where=where).to_dict()
+        if settings != shared:
+            apart = sorted(k for k in shared if settings.get(k) != shared.get(k))
             raise SourceError(
                 f"{rundir.path} was trained under other settings than its group's "
                 f"({', '.join(apart)} differ), so its seeds do not measure one recipe"
+            )
+        precisions[seed] = trained_precision(config)
+        if len(set(precisions.values())) > 1:  # "auto" resolves per host: one group, one kind
+            said = ", ".join(f"seed {s} {p}" for s, p in precisions.items())
+            raise SourceError(
+                f"the seeds of {path} trained in different precisions ({said}), so their spread "
+                "mixes precision with seed; retrain the odd ones on a host like the others'"
             )
         metrics = rundir.read_metrics()
         tta = metrics["test_acc_tta"]

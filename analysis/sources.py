@@ -24,6 +24,7 @@ from toolkit.models import (
     build_model,
     create_model,
     get_architecture,
+    start_weights,
 )
 from toolkit.training import RunDir, SeedGroup, load_checkpoint, model_from_checkpoint
 
@@ -82,8 +83,11 @@ def load_model(spec: str, dataset: Dataset, *, at: At, analysis: str, seed: int 
         )
     torch.manual_seed(int(config["seed"]))  # the run's own initial weights
     model = build_model(payload["model_class"], dict(payload["model_kwargs"]))
-    if config.get("zero_init_residual"):
-        model.zero_init_residual()
+    start_weights(
+        model,
+        init=config.get("init", "kaiming"),  # runs from before --init started so
+        zero_init_residual=bool(config.get("zero_init_residual")),
+    )
     return SourceModel(label, at, model)
 
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.models import create_model
+from toolkit.models.inference import autocast
+from toolkit.training.device import Precision
 
 MEMORY_METHOD = "activation bytes saved for backward (saved_tensors_hooks, distinct storages)"
 
@@ -30,28 +32,49 @@ class TrainStepResult:
     step_ms: float
     memory_mb: float
     memory_method: str
+    precision: str  # fp32, or the autocast dtype of forward and loss
 
 
-def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+def saved_activation_bytes(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp_dtype: torch.dtype | None
+) -> int:
     """Bytes of the distinct storages autograd saves for backward in one forward pass."""
     seen: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
+        if not _cast_of_parameter(tensor, params):  # autocast's bf16 weight copies: weights
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.cross_entropy(model(x), y)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(x.device, amp_dtype):
+        loss = F.cross_entropy(model(x).float(), y)
     loss.backward()
     # Parameters are saved too (conv weights for the input gradient); they are not activations.
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
+def _cast_of_parameter(tensor: torch.Tensor, params: set[int]) -> bool:
+    """Whether ``tensor`` is autocast's lower-precision copy of a parameter (a ``_to_copy``
+    whose input is a leaf among ``params``)."""
+    fn = tensor.grad_fn
+    if fn is None or fn.name() != "ToCopyBackward0":
+        return False
+    source = getattr(fn.next_functions[0][0], "variable", None)
+    return source is not None and source.untyped_storage().data_ptr() in params
+
+
 def bench_train_step(
-    arch: str, *, batch: int = 64, device: str = "cpu", warmup: int = 2, iters: int = 5
+    arch: str,
+    *,
+    batch: int = 64,
+    device: str = "cpu",
+    precision: Precision | None = None,  # None: fp32
+    warmup: int = 2,
+    iters: int = 5,
 ) -> TrainStepResult:
+    amp_dtype = precision.dtype if precision is not None else None
     torch.manual_seed(0)
     model = create_model(arch).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -61,7 +84,9 @@ def bench_train_step(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with autocast(x.device, amp_dtype):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
         optimizer.step()
 
     for _ in range(warmup):
@@ -73,7 +98,14 @@ def bench_train_step(
     sync()
     step_s = (time.perf_counter() - start) / iters
     optimizer.zero_grad(set_to_none=True)
-    memory = saved_activation_bytes(model, x, y)
+    memory = saved_activation_bytes(model, x, y, amp_dtype=amp_dtype)
     return TrainStepResult(
-        arch, batch, device, batch / step_s, step_s * 1e3, memory / 2**20, MEMORY_METHOD
+        arch,
+        batch,
+        device,
+        batch / step_s,
+        step_s * 1e3,
+        memory / 2**20,
+        MEMORY_METHOD,
+        precision.name if precision is not None else "fp32",
     )

@@ -8,6 +8,7 @@ machine without the data too.
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 import signal
 import tarfile
@@ -47,10 +48,18 @@ class TinyData:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Each test gets its own cache dir and no RTK_DATA, so lookups are what the test says."""
+    """Each test gets its own cache dir and no RTK_DATA, so lookups are what the test says; and
+    sees this machine's CPU without native bf16, so the fast recipe trains in fp32 on every
+    host (tests of bf16 describe their CPU themselves: tests/test_precision.py)."""
+    from toolkit.training import device
+
     monkeypatch.setenv("RTK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("RTK_DATA", raising=False)
     monkeypatch.delenv("RTK_DEBUG", raising=False)
+    real = device.CPUINFO.read_text() if device.CPUINFO.is_file() else ""
+    without = tmp_path_factory.mktemp("cpu") / "cpuinfo"
+    without.write_text(re.sub(rf"\b({'|'.join(device.NATIVE_BF16_FLAGS)})\b", "", real))
+    monkeypatch.setattr(device, "CPUINFO", without)
 
 
 def default_sigint() -> None:

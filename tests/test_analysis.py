@@ -237,6 +237,7 @@ def _row(arch: str, epochs: int, stopped_early: bool) -> CompareRow:
         model=arch, arch=arch, run=arch, recipe="fast", test_acc=0.5, paper_test_acc=0.9,
         train_min=1.0, paper_train_min=1.0, epochs=epochs, max_epochs=10,
         stopped_early=stopped_early, train_images=100, params=1, paper_params=1, device="cpu",
+        precision="fp32",
     )  # fmt: skip
 
 

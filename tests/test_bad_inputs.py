@@ -226,7 +226,14 @@ ROWS = [
     Row("arch", ["train", "resnet152", "--data", "{data}"], 2, "unknown architecture 'resnet152'"),
     Row("nproc", train("--nproc", "0"), 2, "--nproc must be at least 1"),
     Row("nproc-lr", train("--nproc", "2", "--lr", "nan"), 2, "--lr must be a finite number"),
-    Row("amp-cpu", train("--amp", "--device", "cpu"), 2, "--amp is CUDA-only"),
+    # conftest shows every test this CPU without native bf16
+    Row("amp-cpu-no-bf16", train("--amp", "--device", "cpu"), 2,
+        "--amp on this CPU would train slower than fp32: it has no native bf16"),
+    Row("amp-no-bf16-seeds", train("--amp", "--seeds", "0,1"), 2, "it has no native bf16"),
+    Row("amp-no-bf16-nproc", train("--amp", "--nproc", "2"), 2, "it has no native bf16"),
+    Row("amp-no-bf16-reproduce", ["reproduce", "--amp", "--data", "{data}", "--out",
+        "{ws}/runs/rep", "--models", "ResNet18_noskip"], 2, "would train slower than fp32"),
+    Row("init", train("--init", "xavier"), 2, "--init must be kaiming or torch, got 'xavier'"),
     Row("cuda", train("--device", "cuda"), 2, "CUDA is not available", marks=(NO_CUDA,)),
     Row("resume-missing", ["train", "--resume", "{ws}/nowhere"], 2, "does not exist"),
     # rtk train --seeds: the list of seeds, what it cannot be combined with, groups on disk
@@ -337,7 +344,7 @@ ROWS = [
                            "config.json": '{"settings": {"epochs": 1}}'})),
     Row("resume-empty-folder", ["train", "--resume", "{ws}/runs/r", "--data", "{data}"], 2,
         "holds no last.pt or config.json", setup=_run_folder({})),
-    Row("amp-auto-no-cuda", train("--amp"), 2, "--amp needs CUDA", marks=(NO_CUDA,)),
+    Row("amp-auto-no-cuda", train("--amp"), 2, "it has no native bf16", marks=(NO_CUDA,)),
     # seed groups: unfinished, not a group at all, too many to compare
     Row("report-seeds-unfinished", ["report", "seeds", "{ws}/runs/g"], 2,
         "has not finished; `rtk train --resume", _seed_group()),

@@ -228,3 +228,44 @@ def test_console_width_follows_columns_set_after_import(monkeypatch: pytest.Monk
     assert console.size.width == 250
     monkeypatch.delenv("COLUMNS")
     assert console.size.width == LOG_WIDTH  # stderr is captured here: no terminal
+
+
+def _commands(group, path=()):
+    """Every command of the click tree under ``group``, with its path of names."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):  # a group (Typer vendors click: no isinstance)
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_help_shows_every_default():
+    """Help strings are Rich markup: an unescaped ``[the default]`` vanished and left "opset ."
+    behind. Every option with a default shows it (Typer's ``[default: ...]``), and every
+    bracket a help string writes itself (for defaults decided later) is shown."""
+    import re
+
+    import typer
+
+    root = typer.main.get_command(app)
+    for path, command in _commands(root):
+        shown = rtk(*path, "--help", env={"COLUMNS": "400"})
+        assert shown.exit_code == 0, path
+        text = " ".join(shown.stdout.replace("│", " ").split())
+        assert not re.search(r"\w \.( |$)", text), (path, text)
+        with_default = []  # options Typer shows a default for: each one's "[default: ...]"
+        for param in command.params:
+            if param.hidden or param.name == "help":
+                continue
+            where = f"rtk {' '.join(path)} {param.opts[0]}"
+            help_text = param.help or ""
+            # Rich reads "[" and a lowercase letter, #, / or @ as a tag: escape it ("\\[").
+            assert not re.search(r"(?<!\\)\[[a-z#/@]", help_text), f"{where}: unescaped bracket"
+            for bracket in re.findall(r"\[([^]]*)\]", help_text):
+                assert f"[{' '.join(bracket.split())}]" in text, (where, bracket)
+            if param.param_type_name != "option":
+                continue
+            flag_off = param.is_flag and not param.secondary_opts and param.default is False
+            if param.default is not None and param.show_default is not False and not flag_off:
+                with_default.append(where)
+        assert text.count("[default: ") >= len(with_default), (path, with_default)

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from tests.test_training import QUICK, _history, _InterruptAt
 from toolkit.cli.app import app
-from toolkit.config import ConfigError, TrainConfig
+from toolkit.config import ConfigError
 from toolkit.data import Dataset, load_dataset
 from toolkit.models import create_model
 from toolkit.training import Trainer, TrainingInterrupted, distributed, make_config
-from toolkit.training.device import amp_dtype
+from toolkit.training.device import Precision, resolve_precision, strict_fp32
 from toolkit.training.engine import GradNorms
 
 
@@ -61,13 +61,28 @@ def test_amp_uses_bf16_only_where_the_gpu_runs_it_natively(monkeypatch):
         asked.append(including_emulation)
         return including_emulation  # an older GPU: bf16 only through emulation
 
+    gpu = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
     monkeypatch.setattr(torch.cuda, "device", lambda device: torch.device("cpu"))  # a no-op
-    config = TrainConfig(arch="baseline-cnn", amp=True)
-    assert amp_dtype(config, torch.device("cuda", 0)) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    older = resolve_precision(True, gpu)
+    assert (older.dtype, older.name) == (torch.float16, "fp16")
     assert asked == [False]
+    # The fast recipe's "auto" takes only native bf16: an older GPU stays in fp32.
+    assert (resolve_precision("auto", gpu).dtype, resolve_precision("auto", gpu).name) == (
+        None,
+        "fp32",
+    )
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert amp_dtype(config, torch.device("cuda", 0)) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert resolve_precision(True, gpu).dtype == torch.bfloat16
+    assert resolve_precision("auto", gpu).name == "bf16"
+    # "fp32" on an Ampere GPU: cuDNN's convolutions run in TF32, and the record says so.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert resolve_precision(False, gpu) == Precision(None, "tf32", "amp off in the settings")
+    with strict_fp32():  # the test pass
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32
 
 
 def test_gradient_norms_skip_the_steps_the_fp16_scaler_skips():

@@ -12,11 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from analysis.doctor import Check, DoctorReport, cpu_flags, data_checks, diagnose, view_checks
+from analysis.doctor import Check, DoctorReport, data_checks, diagnose, view_checks
 from exporters.runtime import PROVIDERS, probe_provider
 from exporters.view import find_browser
 from toolkit.cli.app import app
 from toolkit.data import load_dataset
+from toolkit.training.device import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 

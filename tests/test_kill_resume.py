@@ -44,9 +44,10 @@ def _one_thread():
 
 
 def _train_args(data: Path, out: Path) -> list[str]:
+    # --no-amp: the killed worker sees the real CPU, the resume here conftest's one without bf16.
     return [
-        "train", "baseline-cnn", "--recipe", "fast", "--epochs", "2", "--batch-size", "32",
-        "--val-size", "50", "--no-tta", "--device", "cpu", "--quiet",
+        "train", "baseline-cnn", "--recipe", "fast", "--no-amp", "--epochs", "2",
+        "--batch-size", "32", "--val-size", "50", "--no-tta", "--device", "cpu", "--quiet",
         "--data", str(data), "--out", str(out), "--name", "run",
     ]  # fmt: skip
 

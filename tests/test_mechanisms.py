@@ -12,7 +12,7 @@ def _row(arch: str, acc: float, seeds: list[float] | None = None) -> CompareRow:
     return CompareRow(
         model=arch, arch=arch, run=arch, recipe="fast", test_acc=acc, paper_test_acc=None,
         train_min=1.0, paper_train_min=None, epochs=2, max_epochs=2, stopped_early=False,
-        train_images=100, params=1, paper_params=None, device="cpu",
+        train_images=100, params=1, paper_params=None, device="cpu", precision="fp32",
         seeds=None if seeds is None else estimate("test_acc", [0, 1, 2], seeds),
     )  # fmt: skip
 

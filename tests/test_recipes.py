@@ -159,3 +159,36 @@ def test_seed003_recipe_trains_the_slim_resnet18_as_the_seed_did(dataset: Datase
     result = trainer.run()
     assert [round(r.lr, 6) for r in result.history] == [0.1, 0.01]
     assert result.best_epoch == 2
+
+
+@pytest.mark.parametrize(("init", "zero_init"), [("torch", False), ("kaiming", True)])
+def test_the_analyses_rebuild_the_weights_a_run_started_from(
+    dataset: Dataset, tmp_path: Path, init: str, zero_init: bool
+):
+    """--init and zero-init decide a run's first weights; `--at init` analyses rebuild exactly
+    those (the checkpoint written before the first step holds them)."""
+    from analysis.sources import load_model
+
+    config = make_config(
+        "resnet20", "fast", epochs=2, init=init, zero_init_residual=zero_init, **QUICK
+    )
+    with pytest.raises(TrainingInterrupted):  # last.pt keeps epoch 0: the starting weights
+        Trainer(config, dataset, tmp_path / "run", observer=_InterruptAt(1)).run()
+    started = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert started["epoch"] == 0
+    (tmp_path / "run" / "best.pt").write_bytes((tmp_path / "run" / "last.pt").read_bytes())
+    rebuilt = load_model(str(tmp_path / "run"), dataset, at="init", analysis="residual").model
+    for key, value in rebuilt.state_dict().items():
+        assert torch.equal(value, started["state_dict"][key]), key
+    convs = [v for k, v in started["state_dict"].items() if k.endswith("conv1.weight")]
+    torch.manual_seed(0)
+    kaiming = create_model("resnet20").state_dict()
+    ratio = sum(float(w.square().sum()) for w in convs) / sum(
+        float(v.square().sum()) for k, v in kaiming.items() if k.endswith("conv1.weight")
+    )
+    # PyTorch's defaults give a sixth of Kaiming fan-out's squared norm for convs as wide in as
+    # out (variance 1/(3 fan_in) against 2/fan_out); kaiming is the constructor's own.
+    # (summed in another memory order: channels_last)
+    assert (0.12 < ratio < 0.22) if init == "torch" else ratio == pytest.approx(1.0)
+    last_bn = [v for k, v in started["state_dict"].items() if k.endswith("bn2.weight")]
+    assert all(bool((w == 0).all()) == zero_init for w in last_bn)

@@ -58,6 +58,10 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     # The benchmarks ran under the allocator setting the runs trained with, and say which.
     trained = json.loads((tmp_path / "runs" / "resnet18" / "config.json").read_text())
     assert f"benchmark: {trained['allocator']}." in text
+    # The paper's recipe trains in fp32 on any host; REPORT.md names each run's precision.
+    assert trained["precision"]["train"] == "fp32"
+    assert "- Precision: " + ", ".join(WITH_CONTROL) + ": trained and validated in fp32, " in text
+    assert "tested in fp32 (amp off in the settings)" in text
     for arch in WITH_CONTROL:
         assert f"| {arch} |" in text
         assert (tmp_path / "runs" / arch / "model.onnx").is_file()
@@ -132,10 +136,10 @@ def test_report_settings_give_each_model_the_epochs_and_rate_it_trained_with():
     (the fast budget's ResNet-18s train 10 epochs, not the recipe's 18)."""
     text = settings_text(BUDGETS["fast"], PAPER_ARCHS)
     assert "val_size 5000," in text and "batch_size 256," in text and "lr 0.2," in text
-    assert "epochs 18 (baseline-cnn) / 24 (mini-resnet) / 10 (resnet18, resnet18-noskip)" in text
+    assert "epochs 30 (baseline-cnn) / 24 (mini-resnet) / 10 (resnet18, resnet18-noskip)" in text
     quick = settings_text(BUDGETS["quick"], PAPER_ARCHS)
     assert "val_size 2000," in quick and "tta False," in quick  # the budget's, not the recipe's
-    assert "epochs 10 (baseline-cnn, mini-resnet) / 1 (resnet18, resnet18-noskip)" in quick
+    assert "epochs 16 (baseline-cnn) / 14 (mini-resnet) / 1 (resnet18, resnet18-noskip)" in quick
     subsets = "train_subset None (baseline-cnn, mini-resnet) / 2000 (resnet18, resnet18-noskip)"
     assert subsets in quick
 

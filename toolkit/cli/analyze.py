@@ -29,7 +29,7 @@ JsonOption = typer.Option(False, "--json", help="Print JSON instead of tables.")
 ImagesOption = typer.Option(
     None,
     "--images",
-    help="Test images to use, a seeded sample of the split [all].",
+    help="Test images to use, a seeded sample of the split \\[all].",
     show_default=False,
 )
 
@@ -94,7 +94,7 @@ def gradients(
 
 @analyze_app.command("params")
 def params(
-    sources: list[str] = typer.Argument(None, help="Architectures or run directories [all]."),
+    sources: list[str] = typer.Argument(None, help="Architectures or run directories \\[all]."),
     as_json: bool = JsonOption,
 ) -> None:
     """Total and trainable parameters, per stage, MACs, and the published count if any."""
@@ -385,7 +385,7 @@ def curves(
 @report_app.command("compare")
 def compare(
     runs: list[Path] = typer.Argument(
-        None, help="Run directories or seed groups [every one under runs/]."
+        None, help="Run directories or seed groups \\[every one under runs/]."
     ),
     markdown: Path | None = typer.Option(None, help="Also write the table as Markdown here."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Where to look by default."),

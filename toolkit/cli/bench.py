@@ -54,7 +54,7 @@ def _ints(text: str, flag: str) -> list[int]:
 def inference(
     models: list[str] = typer.Argument(
         None,
-        help="ONNX files, run directories or architecture names [every exported run].",
+        help="ONNX files, run directories or architecture names \\[every exported run].",
         show_default=False,
     ),
     provider: str = typer.Option("cpu", help="cpu, cuda or tensorrt (verified, never faked)."),
@@ -225,28 +225,40 @@ def train(
     ),
     batch_size: int = typer.Option(64, help="Images per training step."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    amp: bool = typer.Option(
+        False, help="Mixed precision as `rtk train --amp` (refused on a CPU without native bf16)."
+    ),
     as_json: bool = JsonOption,
     json_out: Path | None = JsonOutOption,
 ) -> None:
     """One training step per model (Adam): images/s and activation memory; judges claim (i)."""
+    import torch
+
     from analysis.bench import write_result
     from analysis.claims import memory_claim
     from analysis.train_bench import bench_train_step
     from toolkit.errors import RtkError
     from toolkit.models import PAPER, architecture_names, get_architecture
     from toolkit.training import resolve_device
+    from toolkit.training.device import resolve_precision
 
     if batch_size < 1:
         raise RtkError(f"--batch-size must be at least 1, got {batch_size}")
     names = [get_architecture(a).name for a in archs or []] or architecture_names(PAPER)
     device = resolve_device(device)
-    results = [bench_train_step(name, batch=batch_size, device=device) for name in names]
+    precision = resolve_precision(amp, torch.device(device))
+    results = [
+        bench_train_step(name, batch=batch_size, device=device, precision=precision)
+        for name in names
+    ]
     verdict = memory_claim(results)
     content = to_json({"results": results, "verdicts": [verdict]})
     if as_json:
         print(content, end="")
     else:
-        table = Table(title=f"One training step (Adam), batch {batch_size}, {device}")
+        table = Table(
+            title=f"One training step (Adam), batch {batch_size}, {device}, {precision.name}"
+        )
         for column in ("model", "img/s", "step ms", "memory MiB"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for r in results:

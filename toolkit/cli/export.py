@@ -18,11 +18,11 @@ def _runs_with_checkpoints(runs: Path) -> list[Path]:
 
 def export(
     targets: list[Path] = typer.Argument(
-        None, help="Run directories or checkpoints [every run under runs/].", show_default=False
+        None, help="Run directories or checkpoints \\[every run under runs/].", show_default=False
     ),
     onnx_format: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format)."),
-    out: Path | None = typer.Option(None, help="Folder for the files [beside each checkpoint]."),
-    opset: int | None = typer.Option(None, help="ONNX opset [newest both exporter and ORT run]."),
+    out: Path | None = typer.Option(None, help="Folder for the files \\[beside each checkpoint]."),
+    opset: int | None = typer.Option(None, help="ONNX opset \\[newest both exporter and ORT run]."),
     simplify: bool = typer.Option(True, help="Simplify the graph with onnxslim."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 copy."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static INT8 copy."),
@@ -121,9 +121,9 @@ def predict(
     images: list[Path] = typer.Argument(..., help="PNG or JPEG files, any size."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image."),
     provider: str = typer.Option("cpu", help="cpu, cuda or tensorrt (verified)."),
-    classes: str | None = typer.Option(None, help="Comma-separated class names [metadata]."),
-    mean: str | None = typer.Option(None, help="Comma-separated channel means [metadata]."),
-    std: str | None = typer.Option(None, help="Comma-separated channel stds [metadata]."),
+    classes: str | None = typer.Option(None, help="Comma-separated class names \\[metadata]."),
+    mean: str | None = typer.Option(None, help="Comma-separated channel means \\[metadata]."),
+    std: str | None = typer.Option(None, help="Comma-separated channel stds \\[metadata]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify images with an ONNX model; class names and normalisation come from its metadata."""
@@ -161,7 +161,7 @@ def view(
         help="Address to bind (localhost by default); beyond it, a copy of the model alone is "
         "served.",
     ),
-    port: int | None = typer.Option(None, help="Port [a free one]."),
+    port: int | None = typer.Option(None, help="Port \\[a free one]."),
     browser: bool = typer.Option(True, help="Open a browser where there is a display."),
 ) -> None:
     """Serve the graph in netron and print its URL; Ctrl-C stops it."""

@@ -18,24 +18,35 @@ def reproduce(
     models: list[str] = typer.Option(
         None,
         "--models",
-        help="Table I models to train [the paper's four; budgets fast and paper add "
+        help="Table I models to train \\[the paper's four; budgets fast and paper add "
         "mini-resnet-noskip].",
     ),
     out: Path = typer.Option(Path("report"), help="Folder for runs, figures and REPORT.md."),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
+    amp: bool | None = typer.Option(
+        None,
+        help="Train every model in mixed precision as `rtk train --amp`, or --no-amp for fp32 "
+        "\\[the budget's recipe: fast and quick take bf16 where the CPU or GPU has it natively, "
+        "paper fp32].",
+        show_default=False,
+    ),
     quiet: bool = typer.Option(False, help="No training progress."),
     as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
 ) -> None:
     """Train, export, validate, bench and analyse Table I's models; write REPORT.md."""
-    from analysis.reproduce import BUDGETS
+    from analysis.report import table_one_architecture
+    from analysis.reproduce import BUDGETS, budget_config, with_amp
     from analysis.reproduce import reproduce as run
     from toolkit.cli.train import RichObserver
     from toolkit.data import load_dataset
     from toolkit.errors import RtkError
+    from toolkit.training.device import check_precision
 
     if budget not in BUDGETS:
         raise RtkError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
-    chosen = BUDGETS[budget]
+    chosen = BUDGETS[budget] if amp is None else with_amp(BUDGETS[budget], amp)
+    for model in models or chosen.models:  # a refused precision, before anything is written
+        check_precision(budget_config(table_one_architecture(model)[0].name, chosen))
     notice(f"budget {budget}, recipe {chosen.recipe}: {chosen.reduction}")
     observer = None if quiet else RichObserver(err_console, progress=True)
     result = run(

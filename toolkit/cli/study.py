@@ -24,11 +24,11 @@ def depth(
     ),
     out: Path = typer.Option(Path("study-depth"), help="Folder for runs, figure and DEPTH.md."),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
-    epochs: int | None = typer.Option(None, help="Epochs per network [the budget's]."),
+    epochs: int | None = typer.Option(None, help="Epochs per network \\[the budget's]."),
     train_subset: int | None = typer.Option(
-        None, help="Train on a seeded subset of N images [the budget's]."
+        None, help="Train on a seeded subset of N images \\[the budget's]."
     ),
-    val_size: int | None = typer.Option(None, help="Validation images [the budget's]."),
+    val_size: int | None = typer.Option(None, help="Validation images \\[the budget's]."),
     quiet: bool = typer.Option(False, help="No training progress."),
     as_json: bool = typer.Option(False, "--json", help="Print the study as JSON."),
 ) -> None:

@@ -175,6 +175,11 @@ def train(
     tta: bool | None = typer.Option(
         None, help=f"Also report flip test-time-augmentation accuracy {_default('tta')}."
     ),
+    init: str | None = typer.Option(
+        None,
+        help="Initial weights: kaiming (torchvision's Kaiming-normal fan-out) or torch "
+        f"(PyTorch's layer defaults) {_default('init')}.",
+    ),
     zero_init_residual: bool | None = typer.Option(
         None,
         help="Start each residual block as its shortcut (last BN scale 0) "
@@ -200,7 +205,10 @@ def train(
         None, "--compile", help=f"torch.compile the model {_default('compile')}."
     ),
     amp: bool | None = typer.Option(
-        None, help=f"Mixed precision (CUDA only: bf16, else fp16) {_default('amp')}."
+        None,
+        help="Mixed precision: bf16 where the CPU or GPU computes it natively, fp16 on older "
+        "GPUs; refused on a CPU without native bf16 (slower than fp32). auto: bf16 where native, "
+        f"else fp32 {_default('amp')}.",
     ),
     train_subset: int | None = typer.Option(None, help="Train on N images, for quick runs."),
     val_size: int | None = typer.Option(
@@ -250,6 +258,7 @@ def train(
         "label_smoothing": label_smoothing,
         "warmup_frac": warmup_frac,
         "tta": tta,
+        "init": init,
         "zero_init_residual": zero_init_residual,
         "translate": translate,
         "seed": seed,
@@ -269,7 +278,10 @@ def train(
             raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
         config = make_config(names[0], recipe or "paper", **overrides)  # once, before torchrun
         from toolkit.training import resolve_device
+        from toolkit.training.device import check_precision
         from toolkit.training.distributed import check_gpus
+
+        check_precision(config)
 
         if resolve_device(config.device) == "cuda":
             check_gpus(nproc)  # "invalid device ordinal" in a rank otherwise
@@ -277,6 +289,7 @@ def train(
 
     from toolkit.data import load_dataset
     from toolkit.training import SeedGroup, Trainer, check_dataset, resume_config
+    from toolkit.training.device import check_precision
 
     jobs = []  # single runs: (settings, run folder)
     groups: list[SeedGroup] = []  # seed groups to continue
@@ -316,9 +329,11 @@ def train(
     # Under torchrun every rank would make the group, and each seed's run ends the process group.
     if (groups or new_groups) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("a seed group trains in one process; run it without torchrun")
-    dataset = load_dataset(data, announce=notice)
     configs = [c for c, _ in jobs] + [c for c, _, _ in new_groups]
     configs += [g.config(g.seeds[0]) for g in groups]
+    for config in configs:  # a refused device or precision, before the data is read
+        check_precision(config, resuming=resume is not None)
+    dataset = load_dataset(data, announce=notice)
     for config in configs:  # every job, before the first run folder is made
         check_dataset(config, classes=len(dataset.classes), train_images=len(dataset.train))
     for group in groups:
@@ -375,7 +390,8 @@ def _announce(trainer: Trainer, run_path: Path, out: Console, *, resuming: bool)
     where = f", resuming after epoch {trainer.epoch}" if resuming else ""
     out.print(
         f"[bold]{config.arch}[/] -> {run_path}  ({config.recipe} recipe, "
-        f"{trainer.device}, {trainer.world.size} process(es), effective batch "
+        f"{trainer.device} in {trainer.precision.name}, "
+        f"{trainer.world.size} process(es), effective batch "
         f"{config.batch_size * trainer.world.size}{where})"
     )
 
@@ -384,8 +400,9 @@ def _print_result(result: TrainResult) -> None:
     tta = f", {result.test_acc_tta:.2%} with flip TTA" if result.test_acc_tta is not None else ""
     console.print(
         f"[bold green]{result.arch}[/]: test accuracy {result.test_acc:.2%}{tta} "
-        f"(loss {result.test_loss:.4f}, {result.test_images:,} images) with the weights "
-        f"of epoch {result.best_epoch}; {result.epochs_run} epochs, "
+        f"(loss {result.test_loss:.4f}, {result.test_images:,} images, {result.test_precision}) "
+        f"with the weights "
+        f"of epoch {result.best_epoch}; {result.epochs_run} epochs in {result.precision}, "
         f"{result.train_s / 60:.1f} min{' (early stop)' if result.stopped_early else ''}"
         f"  -> {result.run_dir}"
     )

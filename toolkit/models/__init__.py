@@ -1,7 +1,7 @@
 """Every architecture rtk builds (the paper's four and the seeds' networks), by name from one
 registry."""
 
-from toolkit.models.base import Classifier, WeightLayer, stage_of
+from toolkit.models.base import Classifier, WeightLayer, stage_of, start_weights
 from toolkit.models.inference import autocast, batched_logits
 from toolkit.models.registry import (
     CONTROL,
@@ -36,4 +36,5 @@ __all__ = [
     "lesioned",
     "residual_blocks",
     "stage_of",
+    "start_weights",
 ]

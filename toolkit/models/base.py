@@ -4,10 +4,13 @@ layers in depth order (which the gradient analysis and the per-layer tables rely
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from toolkit.config import Init
 
 LayerKind = Literal["conv", "shortcut", "linear"]
 
@@ -48,6 +51,18 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def start_weights(model: Classifier, *, init: Init, zero_init_residual: bool) -> None:
+    """Give a freshly built model (Kaiming-initialised by its constructor) the weights a run
+    starts from: the training loop and the analyses that rebuild a run's initial weights both
+    come here, so they agree."""
+    if init == "torch":
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
+                module.reset_parameters()
+    if zero_init_residual:
+        model.zero_init_residual()
 
 
 def weight_layers_of(model: nn.Module) -> list[WeightLayer]:

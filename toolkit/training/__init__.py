@@ -18,7 +18,13 @@ from toolkit.training.engine import (
 )
 from toolkit.training.group import SeedGroup, SeedGroupError, open_run, rerun_on_interrupt
 from toolkit.training.records import EpochRecord, TrainResult
-from toolkit.training.rundir import RunDir, RunDirError, default_run_name, resume_config
+from toolkit.training.rundir import (
+    RunDir,
+    RunDirError,
+    default_run_name,
+    resume_config,
+    trained_precision,
+)
 
 __all__ = [
     "RECIPES",
@@ -48,4 +54,5 @@ __all__ = [
     "resolve_device",
     "resume_config",
     "save_checkpoint",
+    "trained_precision",
 ]

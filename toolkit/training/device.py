@@ -5,10 +5,20 @@ from __future__ import annotations
 import ctypes
 import platform
 import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from toolkit.config import ConfigError, TrainConfig
+from toolkit.config import Amp, ConfigError, TrainConfig
+
+CPUINFO = Path("/proc/cpuinfo")
+# x86 flags of a CPU that computes bf16 dot products in hardware (AVX512-BF16: Zen 4 and later,
+# Cooper Lake; AMX-BF16: Sapphire Rapids and later). Without them oneDNN emulates bf16 and
+# autocast trains slower than fp32 (PyTorch issues #118499, #183815).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def resolve_device(requested: str) -> str:
@@ -65,16 +75,97 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not config.amp:
-        return None
-    if device.type != "cuda":
-        raise ConfigError(
-            "--amp needs CUDA (bf16 autocast is slower than fp32 on this kind of CPU); "
-            "drop --amp or use --device cuda"
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of /proc/cpuinfo (x86 ``flags``, Arm ``Features``)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+@dataclass(frozen=True)
+class Bf16Support:
+    native: bool
+    source: str  # how it was decided, for `rtk doctor` and the refusal
+
+
+def cpu_bf16_support() -> Bf16Support:
+    """Whether this CPU computes bf16 natively, read from the kernel's CPU flags. Arm's ``bf16``
+    feature is not taken as native: autocast's speed there has not been measured."""
+    cpuinfo = CPUINFO
+    try:
+        flags = cpu_flags(cpuinfo.read_text())
+    except OSError:
+        return Bf16Support(False, f"{cpuinfo} unreadable, so no CPU flags to go by")
+    found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+    if found:
+        return Bf16Support(True, f"{cpuinfo} lists {', '.join(found)}")
+    return Bf16Support(False, f"{cpuinfo} lists neither {' nor '.join(NATIVE_BF16_FLAGS)}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in on this machine, and why (config.json records both)."""
+
+    dtype: torch.dtype | None  # the autocast dtype; None: no autocast
+    name: str  # fp32, tf32 (a GPU's fp32 convolutions on tensor cores), bf16 or fp16
+    why: str
+
+
+def resolve_precision(amp: Amp, device: torch.device, *, resuming: bool = False) -> Precision:
+    """The precision ``amp`` gives on ``device``. ``--amp`` asks for mixed precision and is
+    refused where it would be slower; the fast recipe's ``auto`` takes bf16 only where the
+    device computes it natively and stays fp32 elsewhere. ``resuming``: the refusal says how to
+    continue a run started with ``--amp``, whose settings cannot change."""
+    if device.type == "cuda":
+        # bf16 where this GPU computes it natively (Ampere and later); emulated bf16 is slow,
+        # so older GPUs get fp16 with the gradient scaler, and only when asked for.
+        with torch.cuda.device(device):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+            # cuDNN runs "fp32" convolutions in TF32 on Ampere and later unless told not to.
+            tf32 = torch.backends.cudnn.allow_tf32 and torch.cuda.get_device_capability()[0] >= 8
+        full = Precision(None, "tf32" if tf32 else "fp32", "amp off in the settings")
+        if amp is False:
+            return full
+        if native:
+            return Precision(torch.bfloat16, "bf16", "the GPU computes bf16 natively")
+        if amp is True:
+            return Precision(torch.float16, "fp16", "the GPU has no native bf16: fp16, scaled")
+        return Precision(None, full.name, "amp auto: the GPU has no native bf16")
+    if amp is False:
+        return Precision(None, "fp32", "amp off in the settings")
+    support = cpu_bf16_support()
+    why = f"native bf16 {'yes' if support.native else 'no'}: {support.source}"
+    if support.native:
+        return Precision(torch.bfloat16, "bf16", why)
+    if amp is True:
+        fix = (
+            "resume it on a CPU with native bf16 (its settings cannot change)"
+            if resuming
+            else "drop --amp"
         )
-    # bf16 only where this GPU computes it natively (Ampere and later); emulated bf16 is slow,
-    # so older GPUs get fp16 with the gradient scaler.
-    with torch.cuda.device(device):
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.bfloat16 if native else torch.float16
+        raise ConfigError(
+            f"--amp on this CPU would train slower than fp32: it has no native bf16 "
+            f"({support.source}); {fix}"
+        )
+    return Precision(None, "fp32", why)
+
+
+def check_precision(config: TrainConfig, *, resuming: bool = False) -> Precision:
+    """The precision ``config`` would train in on this machine; refuses what
+    ``resolve_precision`` refuses, so a command can fail before it reads data or makes a folder."""
+    device = torch.device(resolve_device(config.device))
+    return resolve_precision(config.amp, device, resuming=resuming)
+
+
+@contextmanager
+def strict_fp32() -> Iterator[None]:
+    """fp32 that is fp32 on a GPU too: no TF32 in cuDNN's convolutions or CUDA's matmuls
+    (the test pass; a no-op on the CPU)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

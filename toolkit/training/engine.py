@@ -23,12 +23,24 @@ from torch import nn
 from toolkit.config import ConfigError, TrainConfig
 from toolkit.data import Augment, Dataset, TensorLoader
 from toolkit.errors import RtkError
-from toolkit.models import Classifier, WeightLayer, batched_logits, get_architecture
+from toolkit.models import (
+    Classifier,
+    WeightLayer,
+    batched_logits,
+    get_architecture,
+    start_weights,
+)
 from toolkit.models.inference import autocast
 from toolkit.training import distributed
 from toolkit.training.checkpoint import describe_model
-from toolkit.training.device import amp_dtype, keep_freed_memory, peak_memory_mb, resolve_device
-from toolkit.training.records import EpochRecord, TrainResult
+from toolkit.training.device import (
+    keep_freed_memory,
+    peak_memory_mb,
+    resolve_device,
+    resolve_precision,
+    strict_fp32,
+)
+from toolkit.training.records import TEST_PRECISION, EpochRecord, TrainResult
 from toolkit.training.rundir import RunDir
 
 PROGRESS_EVERY = 10  # batches between progress reports (each one syncs the device)
@@ -197,16 +209,19 @@ class Trainer:
             self.allocator = "torch CUDA caching allocator"
         else:
             self.allocator = keep_freed_memory()
-        self.amp_dtype = amp_dtype(config, self.device)
+        self.precision = resolve_precision(config.amp, self.device, resuming=resume)
+        self.amp_dtype = self.precision.dtype
         self.observer = observer if self.world.is_main else None
 
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         arch = get_architecture(config.arch)
         self.arch = arch
         self.model_kwargs = {**arch.kwargs, "dropout": config.dropout}
-        self.model: Classifier = arch.build(**self.model_kwargs).to(self.device)
-        if config.zero_init_residual:
-            self.model.zero_init_residual()
+        # Initialised on the CPU, from the CPU generator, so that a GPU run starts from the
+        # weights a CPU run (and the analyses rebuilding them) would.
+        self.model: Classifier = arch.build(**self.model_kwargs)
+        start_weights(self.model, init=config.init, zero_init_residual=config.zero_init_residual)
+        self.model = self.model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.layers = self.model.weight_layers()
@@ -290,6 +305,16 @@ class Trainer:
             )
         return None
 
+    def _precision(self) -> dict[str, Any]:
+        """What each phase computes in, and why, for config.json."""
+        return {
+            "train": self.precision.name,
+            "validation": self.precision.name,
+            "test": TEST_PRECISION,
+            "amp_setting": self.config.amp,
+            "decided_by": self.precision.why,
+        }
+
     @property
     def _per_step_schedule(self) -> bool:
         return self.config.scheduler in ("linear", "cosine")
@@ -329,6 +354,7 @@ class Trainer:
             metrics=asdict(self.history[-1]) if self.history else {},
             best_epoch=self.best_epoch,
             data=self._data_facts(),
+            precision=self.precision.name,  # of training; a resume keeps it
         )
         if full:
             payload.update(
@@ -355,6 +381,13 @@ class Trainer:
                 f"{self.rundir.path} was trained on {stored.get('source')} "
                 f"({stored.get('train_images')} training images); this data is "
                 f"{current['source']} ({current['train_images']}): pass the run's own --data"
+            )
+        stored_precision = payload.get("precision")
+        if stored_precision is not None and stored_precision != self.precision.name:
+            raise ConfigError(
+                f"{self.rundir.path} trained in {stored_precision} but would go on in "
+                f"{self.precision.name} here ({self.precision.why}); resume it on a machine "
+                f"that trains in {stored_precision}, so its history stays one run's"
             )
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -399,6 +432,7 @@ class Trainer:
                 world_size=self.world.size,
                 data=self._data_facts(),
                 allocator=self.allocator,
+                precision=self._precision(),
             )
             if self.epoch == 0:
                 self.rundir.save_last(self._payload(full=True, rng=rng))
@@ -526,9 +560,8 @@ class Trainer:
         best = self.rundir.load_best() if self.world.is_main else None
         best = distributed.broadcast_object(self.world, best)
         self.model.load_state_dict(best["state_dict"])
-        test = evaluate(
-            self.model, self.test_loader, amp_dtype=self.amp_dtype, flip_tta=self.config.tta
-        )
+        with strict_fp32():  # the reported accuracy never depends on the host's bf16 or TF32
+            test = evaluate(self.model, self.test_loader, flip_tta=self.config.tta)
         result = TrainResult(
             run_dir=self.rundir.path,
             arch=self.arch.name,
@@ -542,6 +575,8 @@ class Trainer:
             test_images=len(self.dataset.test),
             history=self.history,
             test_acc_tta=test.acc_tta,
+            precision=self.precision.name,
+            test_precision=TEST_PRECISION,
         )
         if self.world.is_main:
             self.rundir.write_test_predictions(

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+TEST_PRECISION = "fp32"  # the test pass's, whatever the run trained in (strict: no TF32 either)
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -37,6 +39,8 @@ class TrainResult:
     test_images: int
     history: list[EpochRecord]
     test_acc_tta: float | None = None  # with flip test-time augmentation, when the recipe asks
+    precision: str = "fp32"  # what training and validation computed in: fp32, tf32, bf16, fp16
+    test_precision: str = TEST_PRECISION  # the test pass (and its TTA)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-epoch history, for ``--json`` and reports."""

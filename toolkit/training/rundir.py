@@ -54,10 +54,21 @@ METRIC_KEYS = (
     "device",
     "test_images",
 )
+LATER_METRIC_KEYS = ("precision", "test_precision")  # written since bf16; older runs lack them
 
 
 class RunDirError(RtkError):
     pass
+
+
+def trained_precision(config: dict[str, Any]) -> str:
+    """A run's training precision from its config.json; runs from before rtk recorded it
+    trained in fp32 on a CPU (where --amp was refused) and in an unknown one on a GPU (fp16,
+    bf16, or TF32 convolutions)."""
+    recorded = config.get("precision")
+    if isinstance(recorded, dict) and isinstance(recorded.get("train"), str):
+        return recorded["train"]
+    return "fp32" if str(config.get("device", "")).startswith("cpu") else "unrecorded"
 
 
 def default_run_name(arch: str) -> str:
@@ -191,10 +202,12 @@ class RunDir:
         world_size: int,
         data: dict[str, Any],
         allocator: str,
+        precision: dict[str, str],
     ) -> None:
         content = {
             "settings": config.to_dict(),
             "device": device,
+            "precision": precision,
             "world_size": world_size,
             "effective_batch_size": config.batch_size * world_size,
             "memory_metric": "cuda max_memory_allocated"
@@ -331,7 +344,7 @@ class RunDir:
 
     def write_metrics(self, result: TrainResult) -> None:
         summary = result.summary()
-        metrics = {key: summary[key] for key in METRIC_KEYS}
+        metrics = {key: summary[key] for key in (*METRIC_KEYS, *LATER_METRIC_KEYS)}
         _write_text(self.path / self.METRICS, json.dumps(metrics, indent=2) + "\n")
 
     def read_metrics(self) -> dict[str, Any]:

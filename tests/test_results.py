@@ -1,0 +1,44 @@
+"""The committed run records under results/: every one reads back through rtk's own reports,
+and the README quotes what they hold (a figure with no record, or a record the README misquotes,
+fails here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analysis.report import compare_runs, runs_under
+from tests.test_cli import rtk
+from toolkit.training import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+README = (ROOT / "README.md").read_text()
+# The record sets the README quotes (committed; a set still training stays out of this list).
+FOLDERS = [RESULTS / "precision"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_every_record_reads_back_through_the_reports(folder: Path):
+    runs = runs_under(folder)
+    assert runs, f"{folder} holds no finished run"
+    for run in runs:
+        rundir = RunDir.open(run)
+        assert rundir.read_history(), run
+    rows = compare_runs(runs, skip_others=True)
+    shown = rtk("report", "compare", *map(str, runs), env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    for row in rows:
+        assert f"{row.test_acc:.2%}" in shown.stdout
+
+
+def test_the_readme_quotes_the_precision_records():
+    """Each run's accuracy, flip-TTA accuracy and training minutes, on one line of a table."""
+    rows = [line for line in README.splitlines() if line.startswith("|")]
+    for run in runs_under(RESULTS / "precision"):
+        metrics = json.loads((run / "metrics.json").read_text())
+        quoted = [f"{metrics['test_acc']:.2%}", f"{metrics['test_acc_tta']:.2%}"]
+        quoted.append(f"{metrics['train_s'] / 60:.1f}")
+        assert any(all(q in row for q in quoted) for row in rows), (run.name, quoted)
