@@ -232,8 +232,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "select": "last",
         "translate": 4,
         "tta": True,
-        # Without it ResNet-18's loss blew up to 8.7 in the warm-up at batch 64 (2 AVX2 cores,
-        # the first 40 steps side by side); with it, it fell like its plain twin's.
+        # Kept from the first fast runs, where ResNet-18's loss was seen to blow up without it
+        # (2.3 -> 8.7 at batch 64, 2026-11-23); not reproduced since (README "ResNet-18's
+        # start": 60 steps at batch 64, with and without it, fp32 and bf16).
         "zero_init_residual": True,
         # bf16 autocast where the CPU or GPU computes it natively (about 2x the training
         # images/s on a CPU with AVX512-BF16, the same accuracy: README "Precision").
