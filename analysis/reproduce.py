@@ -4,7 +4,6 @@ folder with ``REPORT.md``. Rerunning resumes: finished runs, exports and figures
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from analysis.report import (
 )
 from analysis.train_bench import bench_train_step
 from exporters.convert import export_onnx
-from toolkit.config import config_from_settings
+from toolkit.config import canonical_settings
 from toolkit.data import Dataset
 from toolkit.fileio import atomic_path
 from toolkit.models import CONTROL, PAPER, architecture_names
@@ -182,11 +181,9 @@ def train_run(
 def settings_apart(run: Path, config: TrainConfig) -> str:
     """How a run's stored settings differ from ``config`` ('' if they don't): a reused or
     resumed run keeps the settings it was started with."""
-    where = run / RunDir.CONFIG
     settings = RunDir.open(run).read_config()["settings"]
-    # Both through TrainConfig (a setting added to rtk since takes its default), then JSON's types.
-    stored = json.loads(json.dumps(config_from_settings(settings, where=where).to_dict()))
-    wanted = json.loads(json.dumps(config.to_dict()))
+    stored = canonical_settings(settings, where=run / RunDir.CONFIG)
+    wanted = canonical_settings(config.to_dict(), where="this budget")
     apart = [f"{k} {stored.get(k)} (budget: {v})" for k, v in wanted.items() if stored.get(k) != v]
     return ", ".join(apart)
 

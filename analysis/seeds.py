@@ -19,7 +19,7 @@ from typing import Any
 from scipy import stats
 
 from analysis.sources import SourceError
-from toolkit.config import config_from_settings
+from toolkit.config import canonical_settings
 from toolkit.training import RunDir, SeedGroup, trained_precision
 
 CONFIDENCE = 0.95
@@ -149,7 +149,7 @@ def summarize_group(path: Path) -> GroupSummary:
     finished, or that was trained under other settings than the group's, is an error: either
     would make the spread mean something else."""
     group = SeedGroup.open(path)
-    shared = config_from_settings({**group.settings, "seed": 0}, where=group.manifest).to_dict()
+    shared = canonical_settings({**group.settings, "seed": 0}, where=group.manifest)
     precisions: dict[int, str] = {}
     runs = []
     for seed in group.seeds:
@@ -159,9 +159,8 @@ def summarize_group(path: Path) -> GroupSummary:
                 f"seed {seed} of {path} has not finished; `rtk train --resume {path}` trains it"
             )
         config = rundir.read_config()
-        # Both through TrainConfig: a setting added to rtk since takes its default on each side.
         where = rundir.path / RunDir.CONFIG
-        settings = config_from_settings({**config["settings"], "seed": 0}, where=where).to_dict()
+        settings = canonical_settings({**config["settings"], "seed": 0}, where=where)
         if settings != shared:
             apart = sorted(k for k in shared if settings.get(k) != shared.get(k))
             raise SourceError(

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from toolkit.models import create_model
 from toolkit.models.inference import autocast
-from toolkit.training.device import Precision
+from toolkit.training.device import FP32, Precision
 
 MEMORY_METHOD = "activation bytes saved for backward (saved_tensors_hooks, distinct storages)"
 
@@ -70,11 +70,11 @@ def bench_train_step(
     *,
     batch: int = 64,
     device: str = "cpu",
-    precision: Precision | None = None,  # None: fp32
+    precision: Precision = FP32,
     warmup: int = 2,
     iters: int = 5,
 ) -> TrainStepResult:
-    amp_dtype = precision.dtype if precision is not None else None
+    amp_dtype = precision.dtype
     torch.manual_seed(0)
     model = create_model(arch).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -107,5 +107,5 @@ def bench_train_step(
         step_s * 1e3,
         memory / 2**20,
         MEMORY_METHOD,
-        precision.name if precision is not None else "fp32",
+        precision.name,
     )

@@ -61,11 +61,12 @@ class Row:
 BF16_TARGETS = {"resnet18": 1.9, "baseline-cnn": 1.7, "mini-resnet": 1.5}  # bf16 / fp32 img/s
 
 
-def rtk_trainer(config: TrainConfig, data: Path | None, work: Path) -> float:
-    """Images/s of the second epoch of rtk's own trainer on ``config.train_subset`` images."""
+def rtk_trainer(config: TrainConfig, data: Path | None, work: Path) -> tuple[float, str]:
+    """Images/s of the second epoch of rtk's own trainer on ``config.train_subset`` images, and
+    the precision the trainer says it trained in."""
     name = f"{config.arch}{'-compiled' if config.compile else ''}-amp-{config.amp}"
     result = Trainer(config, load_dataset(data), work / name).run()
-    return result.history[-1].images_per_s
+    return result.history[-1].images_per_s, result.precision
 
 
 class Brightness:
@@ -136,8 +137,7 @@ def main() -> None:
                 arch, "fast", epochs=2, val_size=0, train_subset=images, compile=compile_model,
                 tta=False, amp=amp,
             )  # fmt: skip
-            rate = rtk_trainer(config, args.data, work)
-            precision = "bf16" if amp else "fp32"
+            rate, precision = rtk_trainer(config, args.data, work)
             return Row(
                 arch, "rtk trainer", compile_model, config.batch_size, images, rate, precision
             )

@@ -180,3 +180,16 @@ def test_reproduce_amp_options_reach_every_model_and_the_resume_command():
         assert budget.flags == ("--amp" if amp else "--no-amp")
     assert budget_config("resnet18", BUDGETS["quick"]).amp == "auto"  # the fast recipe's
     assert budget_config("resnet18", BUDGETS["paper"]).amp is False
+
+
+def test_bench_train_in_bf16_counts_activations_not_autocasts_weight_copies():
+    """ResNet-18's bf16 weight copies (22 MB) dwarf its activations at batch 2: counted as
+    activations, they would make the bf16 figure larger than the fp32 one, not smaller."""
+    from analysis.train_bench import bench_train_step
+    from toolkit.training.device import FP32, Precision
+
+    bf16 = Precision(torch.bfloat16, "bf16", "asked for by the test")
+    fp32_step = bench_train_step("resnet18", batch=2, precision=FP32, warmup=0, iters=1)
+    bf16_step = bench_train_step("resnet18", batch=2, precision=bf16, warmup=0, iters=1)
+    assert (fp32_step.precision, bf16_step.precision) == ("fp32", "bf16")
+    assert 0 < bf16_step.memory_mb < fp32_step.memory_mb < 22

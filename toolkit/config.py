@@ -4,6 +4,7 @@ every override."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -149,6 +150,12 @@ def config_from_settings(settings: dict[str, Any], *, where: object) -> TrainCon
         raise ConfigError(f"{where} has settings this rtk does not know ({exc})") from exc
 
 
+def canonical_settings(settings: dict[str, Any], *, where: object) -> dict[str, Any]:
+    """Stored settings as this rtk reads them, for comparing two runs' or a run's and a group's:
+    every field (a setting added to rtk since takes its default), in JSON's types."""
+    return json.loads(json.dumps(config_from_settings(settings, where=where).to_dict()))
+
+
 # A whole number, signed so that "-1" is refused as out of range rather than as not a number;
 # ASCII digits only (int() would also take "1_0" and other scripts' digits).
 _SEED = re.compile(r"[+-]?[0-9]+")
@@ -232,9 +239,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "select": "last",
         "translate": 4,
         "tta": True,
-        # Kept from the first fast runs, where ResNet-18's loss was seen to blow up without it
-        # (2.3 -> 8.7 at batch 64, 2026-11-23); not reproduced since (README "ResNet-18's
-        # start": 60 steps at batch 64, with and without it, fp32 and bf16).
+        # Without it, rtk's Kaiming start lets ResNet-18's loss blow up once the warm-up takes
+        # the rate to 0.2 (README "ResNet-18's start"); PyTorch's default start does not.
         "zero_init_residual": True,
         # bf16 autocast where the CPU or GPU computes it natively (about 2x the training
         # images/s on a CPU with AVX512-BF16, the same accuracy: README "Precision").

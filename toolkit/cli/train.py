@@ -234,6 +234,7 @@ def train(
     from toolkit.config import parse_seeds
     from toolkit.models import PAPER, architecture_names, get_architecture
     from toolkit.training import ConfigError, make_config
+    from toolkit.training.device import check_precision
 
     archs = archs or []
     if resume is None and not archs:
@@ -278,7 +279,6 @@ def train(
             raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
         config = make_config(names[0], recipe or "paper", **overrides)  # once, before torchrun
         from toolkit.training import resolve_device
-        from toolkit.training.device import check_precision
         from toolkit.training.distributed import check_gpus
 
         check_precision(config)
@@ -289,7 +289,6 @@ def train(
 
     from toolkit.data import load_dataset
     from toolkit.training import SeedGroup, Trainer, check_dataset, resume_config
-    from toolkit.training.device import check_precision
 
     jobs = []  # single runs: (settings, run folder)
     groups: list[SeedGroup] = []  # seed groups to continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import platform
 import resource
 from collections.abc import Iterator
@@ -113,6 +114,9 @@ class Precision:
     why: str
 
 
+FP32 = Precision(None, "fp32", "amp off in the settings")
+
+
 def resolve_precision(amp: Amp, device: torch.device, *, resuming: bool = False) -> Precision:
     """The precision ``amp`` gives on ``device``. ``--amp`` asks for mixed precision and is
     refused where it would be slower; the fast recipe's ``auto`` takes bf16 only where the
@@ -125,7 +129,7 @@ def resolve_precision(amp: Amp, device: torch.device, *, resuming: bool = False)
             native = torch.cuda.is_bf16_supported(including_emulation=False)
             # cuDNN runs "fp32" convolutions in TF32 on Ampere and later unless told not to.
             tf32 = torch.backends.cudnn.allow_tf32 and torch.cuda.get_device_capability()[0] >= 8
-        full = Precision(None, "tf32" if tf32 else "fp32", "amp off in the settings")
+        full = dataclasses.replace(FP32, name="tf32") if tf32 else FP32
         if amp is False:
             return full
         if native:
@@ -134,7 +138,7 @@ def resolve_precision(amp: Amp, device: torch.device, *, resuming: bool = False)
             return Precision(torch.float16, "fp16", "the GPU has no native bf16: fp16, scaled")
         return Precision(None, full.name, "amp auto: the GPU has no native bf16")
     if amp is False:
-        return Precision(None, "fp32", "amp off in the settings")
+        return FP32
     support = cpu_bf16_support()
     why = f"native bf16 {'yes' if support.native else 'no'}: {support.source}"
     if support.native:
