@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export RTK_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench docs results clean
 
 install: $(STAMP)
 
@@ -48,5 +48,16 @@ bench: install
 	$(PY) benchmarks/cpu_allocator.py
 	$(PY) benchmarks/inference.py
 
+# Every results table in the README and docs/, regenerated from the run records in results/.
+results: install
+	$(RTK) report refresh README.md docs/*.md
+
+# The docs site: the CLI reference generated from the Typer app, then a strict build (a broken
+# link or a page missing from the navigation fails it). tests/test_docs.py checks both
+# generated parts are current.
+docs: install
+	$(PY) -m typer toolkit.cli.app utils docs --name rtk --title "CLI reference" --output docs/reference/cli.md
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

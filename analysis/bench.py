@@ -348,7 +348,7 @@ def row_detail(info: SessionInfo, precision: str, *, io_binding: bool) -> str:
         and not any(op.startswith(_INT8_OPS) for op in on_cuda)
     ):
         # ORT's CUDA provider has no int8 convolution for Q/DQ graphs: it runs each
-        # DequantizeLinear, then the float Conv/Gemm (see README, "Running on a GPU").
+        # DequantizeLinear, then the float Conv/Gemm (see docs/gpu.md).
         parts.append("int8 weights, fp32 compute (the CUDA provider has no int8 kernels)")
     return "; ".join(parts)
 

@@ -36,7 +36,8 @@ class DepthBudget:
 # residual (the fast recipe's default) would start every residual network as its shallow stem,
 # a head start the plain twins cannot have, and this study asks what the skips alone do.
 # fp32 throughout: the study's figures were measured in fp32, and bf16's parity was measured
-# on the paper's small models only (README "Precision"), not on these 20-56-layer networks.
+# on the paper's small models only (docs/speed-precision.md), not on these
+# 20-56-layer networks.
 _HE = {"dropout": 0.0, "zero_init_residual": False, "tta": False, "amp": False}
 
 DEPTH_BUDGETS = {
@@ -52,7 +53,7 @@ DEPTH_BUDGETS = {
     # He et al. trained 64k iterations (164 epochs). On two CPU cores the six networks at 20,
     # 32 and 56 layers take 1,250 s of one core per epoch of 45,000 images (AVX-512), so the
     # full study is sized to finish in one sitting: 10 epochs on 30,000 images ran in 72
-    # minutes as two one-thread processes (README: "Depth").
+    # minutes as two one-thread processes (docs/studies.md).
     "full": DepthBudget(
         name="full",
         recipe="fast",

@@ -69,31 +69,17 @@ def diagnose() -> DoctorReport:
 # --- CPU -------------------------------------------------------------------------------------
 
 
-def _cpu_model(cpuinfo: str) -> str:
-    lscpu = shutil.which("lscpu")
-    if lscpu:
-        out = subprocess.run(
-            [lscpu], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}, timeout=10
-        ).stdout
-        match = re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    return match.group(1).strip() if match else platform.processor() or "unknown"
-
-
 def cpu_checks() -> list[Check]:
     import torch
 
     from analysis.latency import matmul_gflops
     from toolkit.training import device
-    from toolkit.training.device import cpu_bf16_support, cpu_flags
+    from toolkit.training.device import cpu_bf16_support, cpu_description, cpu_flags
 
     cpuinfo_path = device.CPUINFO
     cpuinfo = cpuinfo_path.read_text() if cpuinfo_path.is_file() else ""
     flags = cpu_flags(cpuinfo)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    checks = [Check("cpu", "CPU", "ok", f"{_cpu_model(cpuinfo)}, {cores} logical CPUs usable")]
+    checks = [Check("cpu", "CPU", "ok", cpu_description())]
     checks.append(
         Check("cpu", "AVX2", "ok", "yes")
         if "avx2" in flags

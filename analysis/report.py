@@ -166,3 +166,74 @@ def table_markdown(rows: list[CompareRow]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+ABLATION_COLUMNS = ("run", "changed from the first row", "test acc", "train min", "epochs",
+                    "train images")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    run: str
+    changes: str  # the settings this run changes from the first run's, "key value, ..."
+    test_acc: float
+    train_min: float
+    device: str
+    precision: str
+    epochs: int
+    max_epochs: int
+    train_images: int
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, bool):  # before the lookup: 0 == False and 1 == True as dict keys
+        return "yes" if value else "no"
+    return "none" if value is None else str(value)
+
+
+def _changes(settings: dict[str, Any], reference: dict[str, Any]) -> str:
+    keys = sorted(
+        k for k in settings.keys() | reference.keys() if settings.get(k) != reference.get(k)
+    )
+    return ", ".join(f"{k} {_setting(settings.get(k))}" for k in keys) or "(the reference)"
+
+
+def ablation_rows(runs: list[Path]) -> list[AblationRow]:
+    """Single runs against the first, in the order given (an ablation table): the settings each
+    changes, its test accuracy and its cost."""
+    if not runs:
+        raise SourceError("an ablation table needs runs; none were given")
+    if any(SeedGroup.is_group(run) for run in runs):
+        raise SourceError("an ablation table compares single runs; give a seed's run folder")
+    reads = [(run, RunDir.open(run)) for run in runs]
+    reference = reads[0][1].read_config()["settings"]
+    rows = []
+    for run, rundir in reads:
+        metrics, config = rundir.read_metrics(), rundir.read_config()
+        rows.append(
+            AblationRow(
+                run=run.name,
+                changes=_changes(config["settings"], reference),
+                test_acc=float(metrics["test_acc"]),
+                train_min=float(metrics["train_s"]) / 60,
+                device=str(metrics.get("device", "?")),
+                precision=trained_precision(config),
+                epochs=int(metrics["epochs_run"]),
+                max_epochs=int(config["settings"]["epochs"]),
+                train_images=int(config["data"]["train_images"]),
+            )
+        )
+    return rows
+
+
+def ablation_cells(r: AblationRow) -> list[str]:
+    return [
+        r.run, r.changes, f"{r.test_acc:.2%}", f"{r.train_min:.1f} ({r.device}, {r.precision})",
+        f"{r.epochs} of {r.max_epochs}", f"{r.train_images:,}",
+    ]  # fmt: skip
+
+
+def ablation_markdown(rows: list[AblationRow]) -> str:
+    lines = ["| " + " | ".join(ABLATION_COLUMNS) + " |", "|" + "---|" * len(ABLATION_COLUMNS)]
+    lines += ["| " + " | ".join(ablation_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

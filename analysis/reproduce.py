@@ -116,7 +116,7 @@ BUDGETS = {
             "ResNet-18 with and without skips 10)"
         ),
         # The baseline CNN's 30 epochs: 84.49% in 5.5 min in bf16 (18 gave 83.44% in 3.3),
-        # the paper's 84.1% within its 6-min goal on a 2-core native-bf16 host (README).
+        # the paper's 84.1% within its 6-min goal on a 2-core native-bf16 host (docs/results.md).
         per_model={
             "baseline-cnn": {"epochs": 30},
             "mini-resnet": {"epochs": 24},

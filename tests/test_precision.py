@@ -20,7 +20,10 @@ from toolkit.training.device import cpu_bf16_support, resolve_precision
 
 # Real /proc/cpuinfo lines (flags shortened): an AMD EPYC Zen 4 with AVX512-BF16, a Sapphire
 # Rapids Xeon with AMX, and an AVX-512 Xeon (Skylake) and an AVX2 EPYC without either.
-ZEN4 = "model name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n"
+ZEN4 = (
+    "cpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9R14\n"
+    "flags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n"
+)
 SAPPHIRE = "model name\t: Intel Xeon 8488C\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 SKYLAKE = "model name\t: Intel Xeon Platinum 8175M\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
 ZEN3 = "model name\t: AMD EPYC 7R13\nflags\t\t: fpu sse avx2 fma\n"
@@ -101,6 +104,9 @@ def test_the_fast_recipe_records_the_precision_it_trained_in(
         "fp32",
     )
     assert f"native bf16 {'yes' if native else 'no'}" in precision["decided_by"]
+    # The record names the CPU, so a time in it can be read without knowing the host.
+    named = "AMD EPYC 9R14 (family 25, model 17)" if native else "AMD EPYC 7R13, "
+    assert config["cpu"].startswith(named) and "logical CPUs usable" in config["cpu"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["precision"], metrics["test_precision"]) == (trained, "fp32")
     assert (result.precision, result.test_precision) == (trained, "fp32")

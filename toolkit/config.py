@@ -240,10 +240,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "translate": 4,
         "tta": True,
         # Without it, rtk's Kaiming start lets ResNet-18's loss blow up once the warm-up takes
-        # the rate to 0.2 (README "ResNet-18's start"); PyTorch's default start does not.
+        # the rate to 0.2 (docs/log.md, "ResNet-18's start"); PyTorch's default start does not.
         "zero_init_residual": True,
         # bf16 autocast where the CPU or GPU computes it natively (about 2x the training
-        # images/s on a CPU with AVX512-BF16, the same accuracy: README "Precision").
+        # images/s on a CPU with AVX512-BF16, the same accuracy: docs/speed-precision.md).
         "amp": "auto",
     },
 }

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -389,35 +389,95 @@ def compare(
     ),
     markdown: Path | None = typer.Option(None, help="Also write the table as Markdown here."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Where to look by default."),
+    ablation: bool = typer.Option(
+        False,
+        help="An ablation table instead: each run against the first, the settings it changes, "
+        "its accuracy and cost (--markdown writes it too).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """The paper's Table I beside this machine's runs: accuracy, time, epochs, parameters; a seed
     group's row gives its mean, spread, 95% interval and n."""
     from analysis.report import (
+        ABLATION_COLUMNS,
         TABLE_COLUMNS,
+        ablation_cells,
+        ablation_markdown,
+        ablation_rows,
         compare_runs,
         runs_under,
         table_cells,
         table_markdown,
     )
 
-    # Every run under --runs: the networks beyond the paper have no Table I row to sit beside.
-    rows = compare_runs(runs or runs_under(runs_dir), skip_others=not runs)
+    if ablation:  # in the order given: the first run is the reference
+        rows: list[Any] = ablation_rows(runs or [])
+        title, columns, cells, text = (
+            "Ablation: each run against the first",
+            ABLATION_COLUMNS,
+            ablation_cells,
+            ablation_markdown(rows),
+        )
+    else:
+        # Every run under --runs: the networks beyond the paper have no Table I row beside them.
+        rows = compare_runs(runs or runs_under(runs_dir), skip_others=not runs)
+        title, columns, cells, text = (
+            "Table I: this machine's runs beside the paper's",
+            TABLE_COLUMNS,
+            table_cells,
+            table_markdown(rows),
+        )
     if markdown is not None:
         from toolkit.fileio import atomic_path
 
         with atomic_path(markdown) as tmp:
-            tmp.write_text(table_markdown(rows))
+            tmp.write_text(text)
         notice(f"wrote {markdown}")
     if as_json:
         print_json(rows)
         return
-    table = Table(title="Table I: this machine's runs beside the paper's")
-    for column in TABLE_COLUMNS:
-        table.add_column(column, justify="left" if column in ("model", "run") else "right")
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("model", "run", ABLATION_COLUMNS[1]) else "right"
+        )
     for r in rows:
-        table.add_row(*table_cells(r))
+        table.add_row(*cells(r))
     console.print(table)
+
+
+@report_app.command("refresh")
+def refresh(
+    files: list[Path] = typer.Argument(
+        ..., help="Markdown files holding results blocks (<!-- rtk report ... --> comments)."
+    ),
+    check: bool = typer.Option(
+        False, help="Change nothing; exit 1 when a block differs from its records (for CI)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Regenerate every results table in these Markdown files from the run records it names, so
+    no quoted number can drift from its record."""
+    from analysis.records import refresh as refresh_file
+    from toolkit.fileio import atomic_path
+
+    done = [refresh_file(f) for f in files]
+    stale = [(r.file, b) for r in done for b in r.stale]
+    if not check:
+        for r in done:
+            if r.stale:
+                with atomic_path(r.file) as tmp:
+                    tmp.write_text(r.text)
+    if as_json:
+        print_json({"check": check, "files": done})
+    else:
+        for file, block in stale:
+            state = "differs from its records" if check else "regenerated"
+            console.print(f"{file}:{block.line}: rtk report {block.command}: {state}", markup=False)
+        blocks = sum(len(r.blocks) for r in done)
+        console.print(f"{blocks} block(s) in {len(files)} file(s), {len(stale)} out of date")
+    if check and stale:
+        raise typer.Exit(1)
 
 
 @report_app.command("seeds")

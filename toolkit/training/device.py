@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import platform
+import re
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +85,25 @@ def cpu_flags(cpuinfo: str) -> set[str]:
         if key.strip() in ("flags", "Features"):
             return set(value.split())
     return set()
+
+
+def cpu_description() -> str:
+    """The CPU a run computes on, for config.json and `rtk doctor`: its name, x86 family and model
+    (a VM's name may say only "AMD EPYC"; the model tells Zen 4 from Zen 5) and the cores usable."""
+    try:
+        cpuinfo = CPUINFO.read_text()
+    except OSError:
+        cpuinfo = ""
+
+    def field(key: str) -> str | None:
+        match = re.search(rf"^{key}\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+        return match.group(1).strip() if match else None
+
+    name = field("model name") or platform.processor() or "unknown CPU"
+    family, model = field("cpu family"), field("model")
+    kind = f" (family {family}, model {model})" if family and model else ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}{kind}, {cores} logical CPUs usable"
 
 
 @dataclass(frozen=True)

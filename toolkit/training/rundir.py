@@ -28,6 +28,7 @@ from toolkit.config import ConfigError, TrainConfig, config_from_settings
 from toolkit.errors import RtkError
 from toolkit.fileio import TEMP_SUFFIX, atomic_path, remove_leftover_temps
 from toolkit.training.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.training.device import cpu_description
 from toolkit.training.records import EpochRecord, TrainResult
 
 SCALAR_COLUMNS = (
@@ -224,6 +225,7 @@ class RunDir:
             },
             "git_commit": git_commit(),
             "host": platform.node(),
+            "cpu": cpu_description(),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         _write_text(self.path / self.CONFIG, json.dumps(content, indent=2) + "\n")
