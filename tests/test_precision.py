@@ -107,6 +107,9 @@ def test_the_fast_recipe_records_the_precision_it_trained_in(
     # The record names the CPU, so a time in it can be read without knowing the host.
     named = "AMD EPYC 9R14 (family 25, model 17)" if native else "AMD EPYC 7R13, "
     assert config["cpu"].startswith(named) and "logical CPUs usable" in config["cpu"]
+    # The fast recipe keeps the final weights, and best.pt says so.
+    assert torch.load(run / "best.pt", weights_only=True)["kept"] == "last epoch"
+    assert torch.load(run / "best.pt", weights_only=True)["best_epoch"] == 1
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["precision"], metrics["test_precision"]) == (trained, "fp32")
     assert (result.precision, result.test_precision) == (trained, "fp32")

@@ -353,6 +353,9 @@ class Trainer:
             config=self.config.to_dict(),
             metrics=asdict(self.history[-1]) if self.history else {},
             best_epoch=self.best_epoch,
+            # best.pt's name says "best", but a recipe that keeps the final weights (a schedule
+            # decaying to zero) stores the last epoch's there: say which, in the file itself.
+            kept="last epoch" if self.config.select == "last" else "lowest validation loss",
             data=self._data_facts(),
             precision=self.precision.name,  # of training; a resume keeps it
         )
