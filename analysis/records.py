@@ -27,6 +27,7 @@ from analysis.report import (
     table_markdown,
 )
 from analysis.sources import SourceError
+from toolkit.training import RunDir, SeedGroup
 
 OPEN = re.compile(r"^<!-- rtk report (?P<command>.+?) -->$")
 CLOSE = "<!-- /rtk -->"
@@ -59,7 +60,7 @@ def _paths(base: Path, names: list[str]) -> list[Path]:
         if not path.is_dir():
             raise SourceError(f"{path} is not a folder of run records")
         # A run or a seed group is itself; any other folder stands for every run under it.
-        is_record = (path / "metrics.json").is_file() or (path / "group.json").is_file()
+        is_record = RunDir(path).finished or SeedGroup.is_group(path)
         runs += [path] if is_record else runs_under(path)
     return runs
 

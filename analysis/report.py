@@ -162,10 +162,14 @@ def table_cells(r: CompareRow) -> list[str]:
     ]  # fmt: skip
 
 
-def table_markdown(rows: list[CompareRow]) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+def _markdown(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
+
+
+def table_markdown(rows: list[CompareRow]) -> str:
+    return _markdown(TABLE_COLUMNS, [table_cells(r) for r in rows])
 
 
 ABLATION_COLUMNS = ("run", "changed from the first row", "test acc", "train min", "epochs",
@@ -186,7 +190,7 @@ class AblationRow:
 
 
 def _setting(value: Any) -> str:
-    if isinstance(value, bool):  # before the lookup: 0 == False and 1 == True as dict keys
+    if isinstance(value, bool):  # yes/no, as rtk's help writes a flag's value
         return "yes" if value else "no"
     return "none" if value is None else str(value)
 
@@ -234,6 +238,4 @@ def ablation_cells(r: AblationRow) -> list[str]:
 
 
 def ablation_markdown(rows: list[AblationRow]) -> str:
-    lines = ["| " + " | ".join(ABLATION_COLUMNS) + " |", "|" + "---|" * len(ABLATION_COLUMNS)]
-    lines += ["| " + " | ".join(ablation_cells(r)) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return _markdown(ABLATION_COLUMNS, [ablation_cells(r) for r in rows])

@@ -13,8 +13,7 @@ from toolkit.training import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
-README = (ROOT / "README.md").read_text()
-# The record sets the README quotes (committed; a set still training stays out of this list).
+# The record sets the README and docs quote (committed; a set still training stays out).
 FOLDERS = [
     RESULTS / "precision",
     RESULTS / "goals",
