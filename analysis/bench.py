@@ -7,12 +7,15 @@ is judged from each run's own numbers (``analysis.claims.latency_claim``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from analysis.claims import Verdict, latency_claim
+from analysis.claims import latency_claim
 from analysis.latency import (
     BenchRow,
     BenchTarget,
@@ -32,12 +35,13 @@ from analysis.latency import (
     matmul_gflops,
 )
 from analysis.params import count_macs
+from analysis.verdicts import Verdict
 from exporters import metadata
 from exporters.errors import ExportError
 from exporters.quantize import tensorrt_qdq_problem
 from exporters.runtime import PROVIDERS, Provider, ProviderUnavailableError, SessionInfo
 from toolkit.errors import OutputError, RtkError, UnknownArchitectureError
-from toolkit.fileio import atomic_path
+from toolkit.fileio import TEMP_SUFFIX, atomic_path, parse_json
 from toolkit.models import Architecture, create_model, get_architecture
 
 # An architecture name is benched from a fresh export of untrained weights, whose parity
@@ -203,6 +207,9 @@ def resolve_targets(
     return targets, notes
 
 
+MAX_INPUT_BYTES = 2**31  # the largest timed input batch; the model's activations come on top
+
+
 def run_bench(
     targets: list[BenchTarget], *, settings: BenchSettings, notes: list[str]
 ) -> BenchReport:
@@ -214,6 +221,15 @@ def run_bench(
     compare_torch, channels_last = settings.compare_torch, settings.channels_last
 
     io_binding = settings.io_binding and provider != "cpu"
+    for target in targets:  # every timed batch is allocated, from --input-shape or the graph
+        size = 4 * max(settings.batch_sizes) * math.prod(target.input_shape)  # float32 bytes
+        if size > MAX_INPUT_BYTES:
+            raise RtkError(
+                f"{target.name}: a batch of {max(settings.batch_sizes)} inputs of shape "
+                f"{','.join(map(str, target.input_shape))} takes {size / 2**30:,.1f} GiB, over "
+                f"rtk bench's {MAX_INPUT_BYTES // 2**30} GiB cap; give smaller --batch-sizes "
+                "(or --input-shape, for a model with dynamic sizes)"
+            )
     caches = {t.onnx_path: _tensorrt_cache(t.onnx_path, settings) for t in targets}
     # Refuse an unavailable provider (or a CPU fallback not allowed) before anything is timed,
     # so no CPU number is ever measured (let alone recorded) under a GPU label.
@@ -370,14 +386,42 @@ def write_result(path: Path, text: str) -> None:
         ) from exc
 
 
+def keep_in_history(history: Path, stem: str, content: str) -> Path:
+    """``content`` as a new file in ``history``, whole or absent, under a name no other bench
+    took: two benches ending in the same second each keep their report (a hard link claims a
+    name atomically, and fails if it is taken)."""
+    try:
+        history.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=history, prefix=f".{stem}.", suffix=TEMP_SUFFIX, delete=False
+        ) as tmp:
+            tmp.write(content)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        try:
+            for n in itertools.count(1):
+                path = history / (f"{stem}.json" if n == 1 else f"{stem}-{n}.json")
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp.name, path)
+                    return path
+        finally:
+            os.unlink(tmp.name)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the bench history in {history} ({exc.strerror or exc}); free disk "
+            "space or pick another --runs"
+        ) from exc
+    raise AssertionError("unreachable")
+
+
 def save_report(
     report: BenchReport, *, json_path: Path | None, csv_path: Path | None, history: Path
 ) -> Path:
     """Write the report where asked, and always append it to ``history`` with a timestamp."""
     content = json.dumps(dataclasses.asdict(report), indent=2, default=str) + "\n"  # Paths
-    kept = history / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    for path in filter(None, (kept, json_path)):
-        write_result(path, content)
+    kept = keep_in_history(history, f"bench-{time.strftime('%Y%m%d-%H%M%S')}", content)
+    if json_path is not None:
+        write_result(json_path, content)
     if csv_path is not None:
         write_result(csv_path, _csv_text(report))
     return kept
@@ -398,12 +442,22 @@ def _csv_text(report: BenchReport) -> str:
     return text.getvalue()
 
 
+MAX_REPORT_BYTES = 64 * 2**20
+
+
 def load_baseline(path: Path) -> Baseline:
     """The median latency of every row of an earlier ``rtk bench`` JSON report (``--json`` or
     ``--json-out``, or one kept under ``runs/bench/``)."""
     fix = "pass a report written by `rtk bench --json-out PATH` (or kept in runs/bench/)"
+    if path.exists() and not path.is_file():  # a FIFO would hang the gate, /dev/zero fill memory
+        raise BaselineError(f"baseline {path} is not a regular file; {fix}")
+    if path.is_file() and path.stat().st_size > MAX_REPORT_BYTES:
+        raise BaselineError(
+            f"baseline {path} is {path.stat().st_size / 2**20:,.0f} MiB, larger than any bench "
+            f"report ({MAX_REPORT_BYTES // 2**20} MiB cap); {fix}"
+        )
     try:
-        content = json.loads(path.read_text())
+        content = parse_json(path.read_text())
     except FileNotFoundError as exc:
         raise BaselineError(f"baseline {path} does not exist; {fix}") from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -415,7 +469,7 @@ def load_baseline(path: Path) -> Baseline:
             )
             for r in content["rows"]
         }
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise BaselineError(
             f"baseline {path} is not an rtk bench report (no rows with model, precision, "
             f"engine, provider and latency statistics); {fix}"

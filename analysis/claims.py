@@ -8,73 +8,19 @@ Nothing here assumes the paper is right.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from analysis.gradients import GradientProfile
 from analysis.latency import BenchRow
 from analysis.report import CompareRow
-from analysis.seeds import PairedDifference, paired_difference, percent
+from analysis.seeds import paired_difference, percent
 from analysis.train_bench import TrainStepResult
+from analysis.verdicts import Judgement, Verdict, judge, judge_interval
 from toolkit.models import PAPER, architecture_names
 
 UNIFORM_RATIO = 10.0  # "nearly uniform" gradients: first/last layer RMS within 10x either way
 SIMILAR_LATENCY = 2.0  # claim 5(iii) holds if the slowest model is within 2x of the fastest
 MODEST_MEMORY = 1.10  # claim 5(i) holds if skips add at most 10% training activation memory
-
-
-Judgement = Literal["supported", "not supported", "not measured", "inconclusive"]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    claim: str
-    verdict: Judgement
-    evidence: str
-
-
-def judge(holds: bool) -> Judgement:
-    return "supported" if holds else "not supported"
-
-
-def judge_interval(
-    interval: tuple[float, float] | None,
-    threshold: float,
-    *,
-    claimed: Literal["above", "below"] = "above",
-) -> Judgement:
-    """A claim that a quantity lies ``claimed`` of ``threshold``, judged on its confidence
-    interval: supported when the whole interval lies on the claimed side, not supported when
-    it lies wholly on the other, inconclusive when it holds the threshold (an end on it
-    included) or there is no interval (one seed), since then noise could explain either."""
-    if interval is None:
-        return "inconclusive"
-    low, high = interval
-    if claimed == "below":
-        low, high, threshold = -high, -low, -threshold
-    if low > threshold:
-        return "supported"
-    if high < threshold:
-        return "not supported"
-    return "inconclusive"
-
-
-_INTERVAL_RULE = (
-    "rule: supported when the whole {confidence:.0%} interval of the paired difference is above "
-    "0, not supported when wholly below, inconclusive when it holds 0 or there is one seed"
-)
-
-
-def paired_claim(paired: PairedDifference) -> Verdict:
-    """Two seed groups: the first scores higher than the second, judged on the confidence
-    interval of their difference seed by seed."""
-    d = paired.difference
-    claim = f"{paired.first} has a higher {d.metric} than {paired.second} (paired by seed)"
-    evidence = (
-        f"{paired.first} minus {paired.second}: {percent(d, difference=True)}; "
-        + _INTERVAL_RULE.format(confidence=d.confidence)
-    )
-    return Verdict(claim, judge_interval(d.interval, 0.0), evidence)
 
 
 def _acc(rows: list[CompareRow]) -> dict[str, float]:

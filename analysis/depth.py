@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.claims import Verdict, judge
 from analysis.plots import depth_curves
+from analysis.report import markdown_table
 from analysis.reproduce import settings_apart, train_run
+from analysis.verdicts import Verdict, judge
 from toolkit.data import Dataset
 from toolkit.errors import RtkError
-from toolkit.fileio import atomic_path
+from toolkit.fileio import atomic_path, writing
 from toolkit.models import architecture_names, get_architecture
 from toolkit.training import Observer, RunDir, TrainConfig, make_config
 
@@ -32,13 +33,13 @@ class DepthBudget:
     overrides: dict[str, Any]  # make_config overrides for every network
 
 
-# He et al.'s CIFAR networks have no dropout and start from the usual initialisation: zero-init
-# residual (the fast recipe's default) would start every residual network as its shallow stem,
-# a head start the plain twins cannot have, and this study asks what the skips alone do.
+# He et al.'s CIFAR networks have no dropout and start from He et al.'s own initialisation
+# (Kaiming normal), without zero-init residual, which would start every residual network as its
+# shallow stem, a head start the plain twins cannot have: this study asks what the skips do.
 # fp32 throughout: the study's figures were measured in fp32, and bf16's parity was measured
 # on the paper's small models only (docs/speed-precision.md), not on these
 # 20-56-layer networks.
-_HE = {"dropout": 0.0, "zero_init_residual": False, "tta": False, "amp": False}
+_HE = {"dropout": 0.0, "init": "kaiming", "zero_init_residual": False, "tta": False, "amp": False}
 
 DEPTH_BUDGETS = {
     # A first look in minutes (and the test suite's path): too short to converge, long enough
@@ -85,6 +86,17 @@ class DepthRun:
     test_error: float  # the final weights on the test split
     train_min: float
     curve: list[EpochErrors]
+
+
+DEPTH_COLUMNS = ("depth", "network", "params", "epochs", "training error", "validation error",
+                 "test error", "train min")  # fmt: skip
+
+
+def depth_cells(r: DepthRun) -> list[str]:
+    """One network's row, in ``DEPTH_COLUMNS`` order: the terminal's table and DEPTH.md's."""
+    val = "" if r.val_error is None else f"{r.val_error:.2%}"
+    return [str(r.depth), r.arch, f"{r.params:,}", str(r.epochs), f"{r.train_error:.2%}", val,
+            f"{r.test_error:.2%}", f"{r.train_min:.1f}"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -183,13 +195,28 @@ def depth_study(
     overrides: dict[str, Any] | None = None,
     say: Callable[[str], None] = lambda _: None,
     observer: Observer | None = None,
+    rerun: str | None = None,
 ) -> DepthStudy:
     """Train (or reuse, or resume) the plain and residual network at each depth, then write
-    the Fig. 6-style figure and ``DEPTH.md`` into ``out``."""
+    the Fig. 6-style figure and ``DEPTH.md`` into ``out``; one process at a time writes it."""
+    rerun = rerun or f"rtk study depth --budget {budget.name} --out {out}"
+    with writing(out, outputs=[out / "DEPTH.md", out / "figures"]):
+        return _depth_study(budget, depths, out, dataset, overrides, say, observer, rerun)
+
+
+def _depth_study(
+    budget: DepthBudget,
+    depths: list[int],
+    out: Path,
+    dataset: Dataset,
+    overrides: dict[str, Any] | None,
+    say: Callable[[str], None],
+    observer: Observer | None,
+    rerun: str,
+) -> DepthStudy:
     start = time.perf_counter()
     configs = study_configs(budget, depths, overrides)
     archs = list(configs)
-    rerun = f"rtk study depth --budget {budget.name} --out {out}"
     apart: dict[str, str] = {}
     for arch, config in configs.items():
         run = out / "runs" / arch
@@ -239,18 +266,8 @@ def _markdown(
     if study.apart:
         runs = "; ".join(f"{arch}: {difference}" for arch, difference in study.apart.items())
         lines.append(f"- Trained under other settings (reused or resumed runs): {runs}.")
-    lines += [
-        "",
-        "| depth | network | params | epochs | training error | validation error | "
-        "test error | train min |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(study.runs, key=lambda r: (r.depth, r.skip)):
-        val = "" if r.val_error is None else f"{r.val_error:.2%}"
-        lines.append(
-            f"| {r.depth} | {r.arch} | {r.params:,} | {r.epochs} | {r.train_error:.2%} | {val} | "
-            f"{r.test_error:.2%} | {r.train_min:.1f} |"
-        )
+    rows = [depth_cells(r) for r in sorted(study.runs, key=lambda r: (r.depth, r.skip))]
+    lines += ["", markdown_table(DEPTH_COLUMNS, rows).rstrip("\n")]
     v = study.verdict
     lines += [
         "",

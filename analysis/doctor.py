@@ -381,6 +381,9 @@ def data_checks() -> list[Check]:
                 "data", "data path", "ok", f"{source.path} ({source.format}, from {origin})"
             )
     directory = default_cache_dir()
+    if directory.exists() and not directory.is_dir():
+        detail = f"{directory} is a file, not a folder; point RTK_CACHE_DIR at a folder"
+        return [data, Check("data", "data cache", "failed", detail)]
     if not directory.is_dir():
         writable = next((p for p in directory.parents if p.is_dir()), None)
         status: Status = "ok" if writable and os.access(writable, os.W_OK) else "failed"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from analysis.sources import At, load_model
 from toolkit.data import Dataset, TensorLoader
-from toolkit.models import Classifier, stage_of
+from toolkit.models import Classifier, by_stage
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,6 @@ def gradient_profile(
                 rms_mean=float(values.mean()) / math.sqrt(weights),
             )
         )
-    stages: dict[str, list[LayerGradient]] = {}
-    for layer in results:
-        stages.setdefault(stage_of(layer.name), []).append(layer)
     stage_rows = [
         StageGradient(
             stage=stage,
@@ -94,7 +91,7 @@ def gradient_profile(
             norm_mean=sum(m.norm_mean for m in members) / len(members),
             rms_mean=sum(m.rms_mean for m in members) / len(members),
         )
-        for stage, members in stages.items()
+        for stage, members in by_stage(results, lambda layer: layer.name).items()
     ]
     first, last = results[0], results[-1]
     return GradientProfile(

@@ -15,11 +15,11 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from analysis.claims import Verdict
 from analysis.sources import SourceError, load_model, sample_test
+from analysis.verdicts import Verdict
 from toolkit.data import Dataset, TensorLoader
 from toolkit.data.dataset import Split
-from toolkit.models import Classifier, lesioned, residual_blocks, stage_of
+from toolkit.models import Classifier, by_stage, lesioned, residual_blocks, stage_of
 from toolkit.training import evaluate
 
 # "Keeps most of its accuracy": at least half of what the network gains over chance (1/classes).
@@ -143,11 +143,8 @@ def lesion_study(
 
 
 def _stages(rows: list[BlockLesion]) -> list[StageLesion]:
-    stages: dict[str, list[BlockLesion]] = {}
-    for row in rows:
-        stages.setdefault(row.stage, []).append(row)
     result = []
-    for stage, members in stages.items():
+    for stage, members in by_stage(rows, lambda row: row.block).items():
         values = [m.accuracy for m in members if m.accuracy is not None]
         result.append(
             StageLesion(
@@ -161,13 +158,16 @@ def _stages(rows: list[BlockLesion]) -> list[StageLesion]:
     return result
 
 
+MAX_DRAWS = 1000  # each draw is a pass over the test sample per number of blocks removed
+
+
 def lesion_sources(
     specs: list[str], dataset: Dataset, *, images: int | None, draws: int, seed: int
 ) -> LesionReport:
     """The lesion study of each run or checkpoint's trained weights, all on the same test
     images, judged together."""
-    if draws < 1:
-        raise SourceError(f"--draws must be positive, got {draws}")
+    if not 1 <= draws <= MAX_DRAWS:
+        raise SourceError(f"--draws must be in [1, {MAX_DRAWS}], got {draws}")
     split = sample_test(dataset, images=images, seed=seed)
     chance = 1 / len(dataset.classes)
     studies = []

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.claims import Judgement, Verdict, judge, paired_claim
 from analysis.lesion import LesionReport, kept, lesion_sources
 from analysis.plots import lesion_curves
 from analysis.report import CompareRow
 from analysis.residuals import ResidualProfile, residual_sources
 from analysis.seeds import paired_difference
+from analysis.verdicts import Judgement, Verdict, judge, paired_claim
 from toolkit.data import Dataset
 from toolkit.models import get_architecture
 

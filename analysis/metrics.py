@@ -3,7 +3,6 @@ confusion matrix and per-class report computed from them with scikit-learn."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from analysis.sources import SourceError, check_classes, read_checkpoint
 from exporters import metadata
 from exporters.errors import MetadataError
 from toolkit.data import Dataset, normalize
+from toolkit.fileio import parse_json
 from toolkit.models import batched_logits
 
 
@@ -70,7 +70,7 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
             raise MetadataError(
                 f"{source} carries no class names ({metadata.CLASSES}); export it with `rtk export`"
             )
-        classes = json.loads(props[metadata.CLASSES])
+        classes = parse_json(props[metadata.CLASSES])
         check_classes(classes, dataset, source)
         logits = run_onnx(session, normalize(images), batch_size)
         predicted = logits.argmax(1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from toolkit.models import Architecture, architectures, stage_of
+from toolkit.models import Architecture, architectures, by_stage
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,8 @@ def summarize(arch: Architecture) -> ModelSummary:
 
 
 def stage_params(model: nn.Module) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name, parameter in model.named_parameters():
-        counts[stage_of(name)] = counts.get(stage_of(name), 0) + parameter.numel()
-    return counts
+    stages = by_stage(model.named_parameters(), lambda named: named[0])
+    return {stage: sum(p.numel() for _, p in members) for stage, members in stages.items()}
 
 
 def summarize_all() -> list[ModelSummary]:

@@ -162,18 +162,18 @@ def table_cells(r: CompareRow) -> list[str]:
     ]  # fmt: skip
 
 
-def _markdown(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+def markdown_table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
 
 
 def table_markdown(rows: list[CompareRow]) -> str:
-    return _markdown(TABLE_COLUMNS, [table_cells(r) for r in rows])
+    return markdown_table(TABLE_COLUMNS, [table_cells(r) for r in rows])
 
 
-ABLATION_COLUMNS = ("run", "changed from the first row", "test acc", "train min", "epochs",
-                    "train images")  # fmt: skip
+ABLATION_COLUMNS = ("run", "changed from the first row", "test acc", "flip TTA", "train min",
+                    "epochs", "train images")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,7 @@ class AblationRow:
     run: str
     changes: str  # the settings this run changes from the first run's, "key value, ..."
     test_acc: float
+    test_acc_tta: float | None  # None: the run's recipe measured no flip TTA
     train_min: float
     device: str
     precision: str
@@ -219,6 +220,7 @@ def ablation_rows(runs: list[Path]) -> list[AblationRow]:
                 run=run.name,
                 changes=_changes(config["settings"], reference),
                 test_acc=float(metrics["test_acc"]),
+                test_acc_tta=_optional_float(metrics.get("test_acc_tta")),
                 train_min=float(metrics["train_s"]) / 60,
                 device=str(metrics.get("device", "?")),
                 precision=trained_precision(config),
@@ -230,12 +232,18 @@ def ablation_rows(runs: list[Path]) -> list[AblationRow]:
     return rows
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def ablation_cells(r: AblationRow) -> list[str]:
+    tta = NO_FIGURE if r.test_acc_tta is None else f"{r.test_acc_tta:.2%}"
     return [
-        r.run, r.changes, f"{r.test_acc:.2%}", f"{r.train_min:.1f} ({r.device}, {r.precision})",
+        r.run, r.changes, f"{r.test_acc:.2%}", tta,
+        f"{r.train_min:.1f} ({r.device}, {r.precision})",
         f"{r.epochs} of {r.max_epochs}", f"{r.train_images:,}",
     ]  # fmt: skip
 
 
 def ablation_markdown(rows: list[AblationRow]) -> str:
-    return _markdown(ABLATION_COLUMNS, [ablation_cells(r) for r in rows])
+    return markdown_table(ABLATION_COLUMNS, [ablation_cells(r) for r in rows])

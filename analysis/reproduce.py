@@ -12,7 +12,6 @@ from typing import Any
 
 from analysis.bench import BenchReport, BenchSettings, resolve_targets, run_bench
 from analysis.claims import (
-    Verdict,
     ablation_claim,
     accuracy_claim,
     convergence_claim,
@@ -32,14 +31,16 @@ from analysis.report import (
     table_one_architecture,
 )
 from analysis.train_bench import bench_train_step
+from analysis.verdicts import Verdict
 from exporters.convert import export_onnx
-from toolkit.config import canonical_settings
+from toolkit.config import differing_settings
 from toolkit.data import Dataset
-from toolkit.fileio import atomic_path
+from toolkit.fileio import atomic_path, writing
 from toolkit.models import CONTROL, PAPER, architecture_names
 from toolkit.training import (
     Observer,
     RunDir,
+    RunDirError,
     TrainConfig,
     keep_freed_memory,
     make_config,
@@ -49,7 +50,7 @@ from toolkit.training import (
 
 PAPER_FOUR = tuple(architecture_names(PAPER))
 # The Mini-ResNet's plain twin answers "skips or capacity?"; the quick budget has no room for
-# its 14 epochs (about 7 min in bf16, 11 in fp32 on 2 cores), the others train it by default.
+# its 14 epochs (minutes more on two cores), the other budgets train it by default.
 WITH_CONTROL = (*PAPER_FOUR, *architecture_names(CONTROL))
 
 
@@ -76,8 +77,8 @@ _NO_TTA = {"tta": False}  # the quick budget reports plain test accuracy: one te
 BUDGETS = {
     # The main job (`make demo`). The fast recipe, trimmed: the two small models see every
     # training image for a complete short schedule (warm-up and decay to zero), sized for about
-    # 15 minutes on two cores with native bf16 and for both to pass 82% (at 10 epochs each, in
-    # fp32, they reached 81.0% and 81.5%); the ResNet-18s get a short run on a seeded subset
+    # 15 minutes on two cores with native bf16 and for both to pass 82% (shorter schedules fell
+    # short: docs/log.md); the ResNet-18s get a short run on a seeded subset
     # (rate scaled with the batch) that exercises export, bench and analysis but judges no
     # skip gap (budget fast does). On a CPU without native bf16 the same schedule trains in
     # fp32, about 1.8x slower.
@@ -104,25 +105,27 @@ BUDGETS = {
         lesion_draws=2,
     ),
     # Every model trained to the end of a full fast-recipe schedule: hours on two CPU cores
-    # (each ResNet-18 about 3-4 h on 2 AVX2 cores, resumable), minutes on a GPU. No budget
-    # compiles: with the trainer's allocator setting, eager trains faster than torch.compile
-    # here (benchmarks/train_throughput.py, 2026-11-24: compiled / eager 0.82x baseline CNN,
-    # 0.92x Mini-ResNet, 0.96x ResNet-18).
+    # (resumable), minutes on a GPU. No budget compiles: with the trainer's allocator setting,
+    # eager trains faster than torch.compile on these CPUs (benchmarks/train_throughput.py;
+    # docs/speed-precision.md).
     "fast": Budget(
         name="fast",
         recipe="fast",
         reduction=(
-            "none: the fast recipe's full schedule (baseline CNN 30 epochs, Mini-ResNet 24, "
-            "ResNet-18 with and without skips 10)"
+            "the fast recipe's full schedule (baseline CNN 30 epochs, Mini-ResNet 24, "
+            "ResNet-18 with and without skips 10 at batch 128, rate 0.1)"
         ),
-        # The baseline CNN's 30 epochs: 84.49% in 5.5 min in bf16 (18 gave 83.44% in 3.3),
-        # the paper's 84.1% within its 6-min goal on a 2-core native-bf16 host (docs/results.md).
+        # The baseline CNN's 30 epochs reach the paper's 84.1% within its 6-min goal on a 2-core
+        # native-bf16 host, where 18 fell short (results/goals, results/precision). The
+        # ResNet-18 pair (one pair, one recipe) trains at batch 128, the rate scaled with it:
+        # its ten epochs then take twice the steps, which the proxies and a full run measured
+        # worth far more than the larger batch's speed (results/r18-proxy, results/r18-full).
         per_model={
             "baseline-cnn": {"epochs": 30},
             "mini-resnet": {"epochs": 24},
             "mini-resnet-noskip": {"epochs": 24},
-            "resnet18": {"epochs": 10},
-            "resnet18-noskip": {"epochs": 10},
+            "resnet18": {"epochs": 10, "batch_size": 128},
+            "resnet18-noskip": {"epochs": 10, "batch_size": 128},
         },
         bench_batches=(1, 8, 64, 256),
         bench_seconds=3.0,
@@ -170,7 +173,15 @@ def train_run(
     config: TrainConfig, run: Path, dataset: Dataset, observer: Observer | None, *, rerun: str
 ) -> str:
     """Train ``config`` into ``run`` unless it is there: a finished run is reused, a started
-    one resumed with its own settings. ``rerun`` is the command that continues after Ctrl-C."""
+    one resumed with its own settings. ``rerun`` is the command that continues after Ctrl-C.
+    A run of another architecture in ``run``'s place is refused, never tabled as this one."""
+    if (run / RunDir.CONFIG).is_file():
+        stored = RunDir.open(run).read_config()["settings"].get("arch")
+        if stored != config.arch:
+            raise RunDirError(
+                f"{run} holds a run of {stored}, not {config.arch}; move it away, since this "
+                f"command keeps {config.arch}'s run there"
+            )
     action, trainer = open_run(config, run, dataset, observer=observer)
     if trainer is not None:
         with rerun_on_interrupt(run, rerun):
@@ -182,9 +193,9 @@ def settings_apart(run: Path, config: TrainConfig) -> str:
     """How a run's stored settings differ from ``config`` ('' if they don't): a reused or
     resumed run keeps the settings it was started with."""
     settings = RunDir.open(run).read_config()["settings"]
-    stored = canonical_settings(settings, where=run / RunDir.CONFIG)
-    wanted = canonical_settings(config.to_dict(), where="this budget")
-    apart = [f"{k} {stored.get(k)} (budget: {v})" for k, v in wanted.items() if stored.get(k) != v]
+    where = (run / RunDir.CONFIG, "this budget")
+    differ = differing_settings(settings, config.to_dict(), where=where)
+    apart = [f"{k} {stored} (budget: {wanted})" for k, (stored, wanted) in differ.items()]
     return ", ".join(apart)
 
 
@@ -196,6 +207,25 @@ def reproduce(
     dataset: Dataset,
     say: Callable[[str], None] = lambda _: None,
     observer: Observer | None = None,
+    rerun: str | None = None,
+) -> ReproduceResult:
+    """Everything ``rtk reproduce`` does, into ``out``; one process at a time writes it.
+    ``rerun`` is the command that continues after Ctrl-C (the CLI gives its exact line)."""
+    rerun = rerun or f"rtk reproduce --budget {budget.name} --out {out}" + (
+        f" {budget.flags}" if budget.flags else ""
+    )
+    with writing(out, outputs=[out / "REPORT.md", out / "figures"]):
+        return _reproduce(budget, models, out, dataset, say, observer, rerun)
+
+
+def _reproduce(
+    budget: Budget,
+    models: list[str],
+    out: Path,
+    dataset: Dataset,
+    say: Callable[[str], None],
+    observer: Observer | None,
+    rerun: str,
 ) -> ReproduceResult:
     start = time.perf_counter()
     # The CPU trainer's allocator setting is process-wide and for good: set it first, so the
@@ -208,9 +238,6 @@ def reproduce(
     apart: dict[str, str] = {}  # runs trained under other settings than this budget's
     for arch, run in runs.items():
         config = budget_config(arch, budget)
-        rerun = f"rtk reproduce --budget {budget.name} --out {out}" + (
-            f" {budget.flags}" if budget.flags else ""
-        )
         say(f"{arch}: {train_run(config, run, dataset, observer, rerun=rerun)} ({run})")
         if difference := settings_apart(run, config):
             apart[arch] = difference

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from analysis.claims import Verdict
 from analysis.sources import At, load_model, sample_test
+from analysis.verdicts import Verdict
 from toolkit.data import Dataset, TensorLoader
 from toolkit.data.dataset import Split
-from toolkit.models import Classifier, batched_logits, residual_blocks, stage_of
+from toolkit.models import Classifier, batched_logits, by_stage, residual_blocks, stage_of
 
 SMALL = 1.0  # a residual is small when its norm is below its shortcut path's
 
@@ -119,9 +119,6 @@ def residual_profile(
 
 
 def _stages(rows: list[BlockResidual], *, images: int) -> list[StageResidual]:
-    stages: dict[str, list[BlockResidual]] = {}
-    for row in rows:
-        stages.setdefault(row.stage, []).append(row)
     return [
         StageResidual(
             stage=stage,
@@ -130,7 +127,7 @@ def _stages(rows: list[BlockResidual], *, images: int) -> list[StageResidual]:
             ratio_max=max(m.ratio_mean for m in members),
             verdict=small_residual_claim(stage, members, images=images),
         )
-        for stage, members in stages.items()
+        for stage, members in by_stage(rows, lambda row: row.block).items()
     ]
 
 

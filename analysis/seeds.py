@@ -19,7 +19,7 @@ from typing import Any
 from scipy import stats
 
 from analysis.sources import SourceError
-from toolkit.config import canonical_settings
+from toolkit.config import differing_settings
 from toolkit.training import RunDir, SeedGroup, trained_precision
 
 CONFIDENCE = 0.95
@@ -149,7 +149,6 @@ def summarize_group(path: Path) -> GroupSummary:
     finished, or that was trained under other settings than the group's, is an error: either
     would make the spread mean something else."""
     group = SeedGroup.open(path)
-    shared = canonical_settings({**group.settings, "seed": 0}, where=group.manifest)
     precisions: dict[int, str] = {}
     runs = []
     for seed in group.seeds:
@@ -160,9 +159,15 @@ def summarize_group(path: Path) -> GroupSummary:
             )
         config = rundir.read_config()
         where = rundir.path / RunDir.CONFIG
-        settings = canonical_settings({**config["settings"], "seed": 0}, where=where)
-        if settings != shared:
-            apart = sorted(k for k in shared if settings.get(k) != shared.get(k))
+        wanted = {**group.settings, "seed": seed}  # the group's settings, and this seed
+        differ = differing_settings(config["settings"], wanted, where=(where, group.manifest))
+        if "seed" in differ:  # a folder swapped, copied or linked in from another seed
+            raise SourceError(
+                f"{rundir.path} holds a run of seed {differ['seed'][0]}, not seed {seed}: its "
+                "folder was moved, copied or linked from another seed; retrain it "
+                f"(`rtk train --resume {path}` after removing {rundir.path})"
+            )
+        if apart := sorted(differ):
             raise SourceError(
                 f"{rundir.path} was trained under other settings than its group's "
                 f"({', '.join(apart)} differ), so its seeds do not measure one recipe"

@@ -15,16 +15,15 @@ from typing import Any, Literal
 
 import torch
 
+from toolkit.config import config_from_settings
 from toolkit.data import Dataset
 from toolkit.data.dataset import Split
 from toolkit.errors import RtkError, UnknownArchitectureError
 from toolkit.models import (
     Classifier,
     architecture_names,
-    build_model,
-    create_model,
     get_architecture,
-    start_weights,
+    initial_model,
 )
 from toolkit.training import RunDir, SeedGroup, load_checkpoint, model_from_checkpoint
 
@@ -81,19 +80,20 @@ def load_model(spec: str, dataset: Dataset, *, at: At, analysis: str, seed: int 
             f"{spec} records no training settings, so the weights it started from cannot be "
             "rebuilt; use --at best"
         )
-    torch.manual_seed(int(config["seed"]))  # the run's own initial weights
-    model = build_model(payload["model_class"], dict(payload["model_kwargs"]))
-    start_weights(
-        model,
-        init=config.get("init", "kaiming"),  # runs from before --init started so
-        zero_init_residual=bool(config.get("zero_init_residual")),
+    settings = config_from_settings(config, where=path)  # checked like any run's settings
+    model = initial_model(  # the run's own initial weights
+        payload["model_class"],
+        dict(payload["model_kwargs"]),
+        seed=settings.seed,
+        init=settings.init,
+        zero_init_residual=settings.zero_init_residual,
     )
     return SourceModel(label, at, model)
 
 
 def _fresh(spec: str, *, at: At, seed: int) -> SourceModel:
     try:
-        name = get_architecture(spec).name
+        arch = get_architecture(spec)
     except UnknownArchitectureError:
         if at == "best":
             raise SourceError(
@@ -108,8 +108,8 @@ def _fresh(spec: str, *, at: At, seed: int) -> SourceModel:
             f"{spec} is an architecture, which has no trained weights: name a run directory or "
             "a checkpoint (an architecture's fresh weights are --at init)"
         )
-    torch.manual_seed(seed)
-    return SourceModel(name, at, create_model(spec))
+    model = initial_model(arch.model_class, dict(arch.kwargs), seed=seed)
+    return SourceModel(arch.name, at, model)
 
 
 def sample_test(dataset: Dataset, *, images: int | None, seed: int) -> Split:
@@ -117,6 +117,8 @@ def sample_test(dataset: Dataset, *, images: int | None, seed: int) -> Split:
     by class, so its first images would be one or two classes only."""
     if images is not None and images < 1:
         raise SourceError(f"--images must be positive, got {images}")
+    if not 0 <= seed < 2**64:  # torch's generators take no other seed
+        raise SourceError(f"--seed must be in [0, 2**64), got {seed}")
     test = dataset.test
     if images is None or images >= len(test):
         return test

@@ -27,7 +27,7 @@ from toolkit import __version__
 from toolkit.data import Dataset, Split
 from toolkit.errors import RtkError
 from toolkit.fileio import atomic_paths, remove_leftover_temps
-from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
+from toolkit.training import RunDir, SeedGroup, load_checkpoint, model_from_checkpoint
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
@@ -49,6 +49,27 @@ class ExportResult:
 def checkpoint_of(target: Path) -> Path:
     """A run directory stands for its ``best.pt``."""
     return RunDir(target).best if target.is_dir() else target
+
+
+def export_name(target: Path) -> str:
+    """The name a target's files take in a shared ``--out`` folder: its run's folder name
+    (``GROUP-seed-N`` for a seed group's run, whose folder is seed-N in every group), ``RUN-last``
+    for a run's other checkpoint, or a loose checkpoint's file stem."""
+    checkpoint = checkpoint_of(target).absolute()
+    run = checkpoint.parent
+    if checkpoint.name != RunDir.BEST:  # its run's name too, when it lies in a run folder
+        in_run = (run / RunDir.CONFIG).is_file()
+        return f"{run.name}-{checkpoint.stem}" if in_run else checkpoint.stem
+    in_group = SeedGroup.is_group(run.parent)
+    return f"{run.parent.name}-{run.name}" if in_group else run.name
+
+
+def export_paths(target: Path, out_dir: Path | None) -> dict[Precision, Path]:
+    """Where each precision's file goes: ``model[.fp16|.int8].onnx`` beside the checkpoint,
+    or ``NAME[.fp16|.int8].onnx`` in ``out_dir`` (``export_name``)."""
+    stem = export_name(target) if out_dir is not None else "model"
+    folder = out_dir if out_dir is not None else checkpoint_of(target).parent
+    return {p: folder / (f"{stem}.onnx" if p == "fp32" else f"{stem}.{p}.onnx") for p in PRECISIONS}
 
 
 def file_sha256(path: Path) -> str:
@@ -133,7 +154,7 @@ def export_onnx(
     ``int8_target``: see ``exporters.quantize``).
 
     Files go beside the checkpoint as ``model[.fp16|.int8].onnx``, or into ``out_dir`` named
-    after the run directory. They replace the previous export only once every new file has
+    after the run (``export_paths``). They replace the previous export only once every new file has
     passed; copies of a precision not made this time are removed then, since they no longer
     match the new fp32 file. Without a dataset (fresh weights, as ``rtk bench ARCH`` uses),
     parity runs on seeded noise and only fp32 can be made.
@@ -152,11 +173,7 @@ def export_onnx(
             f"opset {opset} is outside what the exporter and ONNX Runtime both support "
             f"({MIN_OPSET}-{support.default}); pick one in that range"
         )
-    stem = checkpoint.parent.name if out_dir is not None else "model"
-    folder = out_dir if out_dir is not None else checkpoint.parent
-    paths = {
-        p: folder / (f"{stem}.onnx" if p == "fp32" else f"{stem}.{p}.onnx") for p in PRECISIONS
-    }
+    paths = export_paths(target, out_dir)
     for path in paths.values():  # half-files of an export that was killed
         remove_leftover_temps(path)
     model = model_from_checkpoint(payload).eval()
@@ -189,8 +206,8 @@ def export_onnx(
                 )  # fmt: skip
     except OSError as exc:  # a full disk or a read-only folder, while writing
         raise ExportError(
-            f"cannot write the ONNX files in {folder} ({exc.strerror or exc}); the files "
-            "there are as they were: free disk space or export elsewhere (--out)"
+            f"cannot write the ONNX files in {paths['fp32'].parent} ({exc.strerror or exc}); "
+            "the files there are as they were: free disk space or export elsewhere (--out)"
         ) from exc
     for precision in PRECISIONS:
         if precision not in made:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import math
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -13,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from exporters import metadata
 from exporters.errors import ExportError, MetadataError
 from exporters.runtime import Provider, create_session
+from toolkit.fileio import parse_json
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,35 @@ class Prediction:
     top: list[Guess]
 
 
+MIN_STD = 1e-3  # a smaller std scales pixels past float32's range: "nan%" results
+MAX_SIDE = 8192  # a model input side larger than any image rtk predict decodes
+
+
+def _prop(props: dict[str, str], key: str, kind: type) -> Any:
+    """A JSON metadata entry of the model, of ``kind``; None when absent."""
+    if key not in props:
+        return None
+    try:
+        value = parse_json(props[key])
+    except ValueError as exc:
+        raise MetadataError(f"the model's {key} metadata is not JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise MetadataError(f"the model's {key} metadata is not a JSON {kind.__name__}")
+    return value
+
+
+def _normalization_ok(mean: object, std: object) -> bool:
+    def numbers(values: object) -> list[float] | None:
+        if not isinstance(values, list) or len(values) != 3:
+            return None
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            return None
+        return [float(v) for v in values] if all(math.isfinite(v) for v in values) else None
+
+    m, s = numbers(mean), numbers(std)
+    return m is not None and s is not None and min(s) >= MIN_STD
+
+
 def read_meta(
     props: dict[str, str],
     input_shape: list[object],
@@ -48,8 +79,10 @@ def read_meta(
     std: list[float] | None = None,
 ) -> ModelMeta:
     """The model's own metadata, with the caller's overrides; a clear error when neither."""
-    norm = json.loads(props[metadata.NORMALIZATION]) if metadata.NORMALIZATION in props else {}
-    meta_classes = json.loads(props[metadata.CLASSES]) if metadata.CLASSES in props else None
+    norm = _prop(props, metadata.NORMALIZATION, dict) or {}
+    meta_classes = _prop(props, metadata.CLASSES, list)
+    if meta_classes is not None and not all(isinstance(c, str) for c in meta_classes):
+        raise MetadataError(f"the model's {metadata.CLASSES} metadata is not a list of names")
     chosen_classes = classes or meta_classes
     chosen_mean = mean or norm.get("mean")
     chosen_std = std or norm.get("std")
@@ -68,13 +101,19 @@ def read_meta(
             "for example --classes cat,dog --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5"
         )
     assert chosen_classes and chosen_mean and chosen_std
-    if len(chosen_mean) != 3 or len(chosen_std) != 3 or min(chosen_std) <= 0:
+    if not _normalization_ok(chosen_mean, chosen_std):
         raise MetadataError(
-            f"--mean and --std take 3 values each (std > 0), got {chosen_mean} and {chosen_std}"
+            f"--mean and --std take 3 finite numbers each (std at least {MIN_STD}), got "
+            f"{chosen_mean} and {chosen_std}"
         )
     size = [d if isinstance(d, int) else None for d in input_shape[1:]]
     if len(size) != 3 or any(d is None for d in size):
-        size = json.loads(props.get(metadata.INPUT_SIZE, "[3, 32, 32]"))
+        size = _prop(props, metadata.INPUT_SIZE, list) or [3, 32, 32]
+        if len(size) != 3 or not all(isinstance(d, int) and 0 < d <= MAX_SIDE for d in size):
+            raise MetadataError(
+                f"the model's {metadata.INPUT_SIZE} metadata {size} is no [channels, height, "
+                f"width] of positive sizes up to {MAX_SIDE}; re-export it with `rtk export`"
+            )
     return ModelMeta(
         arch=props.get(metadata.ARCH),
         classes=list(chosen_classes),

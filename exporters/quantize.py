@@ -84,8 +84,8 @@ def to_int8(src: Path, dst: Path, calibration: Split, *, target: Int8Target = "c
             recipe = {
                 "activation_type": QuantType.QUInt8,
                 # 7-bit weights: without it, x86's u8 x s8 dot product saturates its 16-bit
-                # intermediate sums (ORT's documented x86 caveat). Measured on the trained
-                # baseline CNN: 74.0% (8.3 points below fp32) without, 82.6% (+0.3) with.
+                # intermediate sums (ORT's documented x86 caveat); a trained baseline CNN lost
+                # 8 points to it (docs/log.md).
                 "reduce_range": True,
             }
         quantize_static(

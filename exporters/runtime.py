@@ -95,7 +95,8 @@ def _captured_output() -> Iterator[list[str]]:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-# ORT's warning when a provider loaded but left some nodes to the CPU (see docs/environment.md).
+# ORT's warning when a provider loaded but left some nodes to the CPU: the session then runs
+# partly on the CPU under a GPU provider's name, which rtk refuses to report as GPU numbers.
 _PARTIAL = "Some nodes were not assigned to the preferred execution providers"
 
 

@@ -1,8 +1,10 @@
 """Serve an ONNX graph in netron, on localhost unless told otherwise.
 
 netron serves every file in the model's folder (``/data/<name>``), and a run folder holds the
-checkpoints and the training config. Beyond loopback, the model is therefore served from a
-copy in a private temporary folder of its own.
+checkpoints and the training config; it also writes the file's name and path into its page
+unescaped. So the model is always served from a copy in a private temporary folder of its own
+(a page on loopback is reachable by any page the browser runs), under a name with no character
+HTML could read as markup.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import io
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import sys
@@ -29,7 +32,7 @@ class Served:
     port: int
     browser_opened: bool
     exposed: bool  # bound beyond loopback: whoever reaches the port can read the graph
-    private_copy: Path | None  # the folder served instead of the model's own; stop() removes it
+    private_copy: Path  # the folder served instead of the model's own; stop() removes it
 
 
 def has_display() -> bool:
@@ -67,6 +70,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def safe_file_name(name: str) -> str:
+    """``name`` with every character but letters, digits, ``.``, ``_`` and ``-`` replaced by
+    ``_``: netron writes it into HTML and a URL as it is."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return safe or "model.onnx"
+
+
 def serve(model: Path, *, host: str = "127.0.0.1", port: int | None = None, browse: bool) -> Served:
     """Start netron's server in the background (``netron.wait()`` blocks until Ctrl-C); call
     ``stop`` afterwards."""
@@ -78,12 +88,10 @@ def serve(model: Path, *, host: str = "127.0.0.1", port: int | None = None, brow
         raise ExportError(f"--port must be between 1 and 65535, got {port}")
     exposed = not is_loopback(host)
     # mkdtemp makes the folder 0700: other local users cannot read or swap the copy.
-    private_copy = Path(tempfile.mkdtemp(prefix="rtk-view-")) if exposed else None
+    private_copy = Path(tempfile.mkdtemp(prefix="rtk-view-"))
     try:
-        served_file = model
-        if private_copy is not None:
-            served_file = private_copy / model.name
-            shutil.copyfile(model, served_file)
+        served_file = private_copy / safe_file_name(model.name)
+        shutil.copyfile(model, served_file)
         port = port or free_port(host)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # netron prints; only the CLI may
@@ -93,8 +101,7 @@ def serve(model: Path, *, host: str = "127.0.0.1", port: int | None = None, brow
         if address is None:
             raise ExportError(f"netron did not start on {host}:{port}; try another --port")
     except BaseException:
-        if private_copy is not None:
-            shutil.rmtree(private_copy, ignore_errors=True)
+        shutil.rmtree(private_copy, ignore_errors=True)
         raise
     bound_host, bound_port = address
     url = f"http://{bound_host}:{bound_port}"
@@ -117,5 +124,4 @@ def stop(served: Served) -> None:
     import netron
 
     netron.stop((served.host, served.port))
-    if served.private_copy is not None:
-        shutil.rmtree(served.private_copy, ignore_errors=True)
+    shutil.rmtree(served.private_copy, ignore_errors=True)

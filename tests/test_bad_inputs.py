@@ -73,6 +73,11 @@ def predict(*extra: str, model: str = "{ws}/model.onnx", image: str = "{image}")
     ]  # fmt: skip
 
 
+def bench_gate(baseline: str) -> list[str]:
+    return ["bench", "baseline-cnn", "--baseline", baseline, "--max-regression", "10", "--runs",
+            "{ws}/runs"]  # fmt: skip
+
+
 def export(checkpoint: str = "{ws}/bad.pt", *extra: str) -> list[str]:
     # --json, since without it the opset notice would be a second line on stderr
     return ["export", checkpoint, "--onnx", "--json", "--data", "{data}", *extra]
@@ -171,6 +176,74 @@ def _run_folder(files: dict[str, str]) -> Setup:
     return setup
 
 
+def _onnx_with_metadata(key: str, value: str) -> Setup:
+    """``meta.onnx``: the workspace's bare classifier carrying one hand-written metadata entry."""
+
+    def setup(ws: Workspace) -> None:
+        import onnx
+
+        model = onnx.load(str(ws.root / "model.onnx"))
+        onnx.helper.set_model_props(model, {key: value})
+        onnx.save(model, str(ws.root / "meta.onnx"))
+
+    return setup
+
+
+def _edited_group(**changes: object) -> Setup:
+    """The seed group ``runs/g`` with its manifest edited: ``changes`` to its top level, or to
+    its settings under the key ``settings``."""
+
+    def setup(ws: Workspace) -> None:
+        import json
+
+        _seed_group()(ws)
+        manifest = ws.root / "runs" / "g" / "group.json"
+        content = json.loads(manifest.read_text())
+        settings = changes.get("settings", {})
+        assert isinstance(settings, dict)
+        content.update({k: v for k, v in changes.items() if k != "settings"})
+        content["settings"].update(settings)
+        manifest.write_text(json.dumps(content))
+
+    return setup
+
+
+def _finished_run_with_a_folder_as(name: str) -> Setup:
+    """``runs/r``: a finished run (metrics.json, last.pt, config.json) whose ``name`` is a
+    folder: a resume must refuse it and leave the finished result as it is."""
+
+    def setup(ws: Workspace) -> None:
+        run = ws.root / "runs" / "r"
+        run.mkdir()
+        (run / "metrics.json").write_text('{"test_acc": 0.5}')
+        (run / "config.json").write_text('{"settings": {"arch": "baseline-cnn"}}')
+        shutil.copyfile(ws.root / "ckpt.pt", run / "last.pt")
+        (run / name).unlink()
+        (run / name).mkdir()
+
+    return setup
+
+
+def _huge_input_model(ws: Workspace) -> None:
+    """``huge.onnx``: a classifier whose fixed input is one 3x40000x40000 image."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 40000, 40000])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "huge", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, str(ws.root / "huge.onnx"))
+
+
+def _two_checkpoints_named_alike(ws: Workspace) -> None:
+    for folder in ("a", "b"):
+        (ws.root / folder).mkdir()
+        shutil.copyfile(ws.root / "ckpt.pt", ws.root / folder / "ckpt.pt")
+
+
 def _seed_group(data: str | None = None) -> Setup:
     """A seed group ``runs/g`` (baseline-cnn, seeds 0 and 1) as ``rtk train --seeds`` makes it
     before its first seed trains; on ``data``, or the workspace's dataset."""
@@ -233,9 +306,19 @@ ROWS = [
     Row("amp-no-bf16-nproc", train("--amp", "--nproc", "2"), 2, "it has no native bf16"),
     Row("amp-no-bf16-reproduce", ["reproduce", "--amp", "--data", "{data}", "--out",
         "{ws}/runs/rep", "--models", "ResNet18_noskip"], 2, "would train slower than fp32"),
-    Row("init", train("--init", "xavier"), 2, "--init must be kaiming or torch, got 'xavier'"),
+    Row("init", train("--init", "xavier"), 2,
+        "--init must be one of 'kaiming', 'torch', got 'xavier'"),
     Row("cuda", train("--device", "cuda"), 2, "CUDA is not available", marks=(NO_CUDA,)),
     Row("resume-missing", ["train", "--resume", "{ws}/nowhere"], 2, "does not exist"),
+    # Text from paths and names is shown as it is: Rich markup neither read nor lost, control
+    # characters escaped (a `[/]` gave a 33-line traceback, an escape code reached the terminal)
+    Row("name-markup", train("--name", "a[/]b"), 2, "--name 'a[/]b' must be a plain folder"),
+    Row("name-markup-tag", train("--name", "[bold]x/y"), 2,
+        "--name '[bold]x/y' must be a plain folder name"),
+    Row("data-markup", ["train", "baseline-cnn", "--data", "{ws}/no[/]where[red]"], 2,
+        "data path {ws}/no[/]where[red] (from --data) does not exist"),
+    Row("path-control-chars", ["report", "compare", "{ws}/run\x1b[2J\x07"], 2,
+        "{ws}/run\\x1b[2J\\x07 is not a run directory"),
     # rtk train --seeds: the list of seeds, what it cannot be combined with, groups on disk
     Row("seeds-empty", train("--seeds", ""), 2, "--seeds needs at least one seed"),
     Row("seeds-duplicate", train("--seeds", "0,1,1"), 2, "--seeds names seed 1 twice"),
@@ -304,8 +387,15 @@ ROWS = [
         _write("bad.onnx", lambda ws: (ws.root / "model.onnx").read_bytes()[:40])),
     Row("predict-wrong-input", predict(model="{ws}/bad.onnx"), 2, "takes 1-channel input",
         lambda ws: _bare_model(ws.root / "bad.onnx", channels=1)),
+    Row("predict-tiny-std", predict("--std", "1e-300,1,1"), 2, "std at least 0.001"),
+    Row("predict-nan-mean", predict("--mean", "nan,0,0"), 2, "3 finite numbers each"),
+    Row("predict-metadata-nested", predict(model="{ws}/meta.onnx"), 2,
+        "metadata is not JSON (nested too deeply)",
+        _onnx_with_metadata("rtk.classes", "[" * 100_000 + "]" * 100_000)),
+    Row("predict-metadata-names", predict(model="{ws}/meta.onnx"), 2,
+        "metadata is not a list of names", _onnx_with_metadata("rtk.classes", '[1, {"a": 2}]')),
     Row("predict-bad-mean", predict("--mean", "a,b,c"), 2, "expected numbers separated by comma"),
-    Row("predict-short-std", predict("--std", "1,1"), 2, "--mean and --std take 3 values"),
+    Row("predict-short-std", predict("--std", "1,1"), 2, "--mean and --std take 3 finite numbers"),
     Row("predict-cuda", predict("--provider", "cuda"), 2, "asked for cuda", marks=(NO_CUDA,)),
     # reports: the accuracy gate (exit 1 when missed), and plots into a folder nobody can create
     Row("min-accuracy-percent", report("classification", "--min-accuracy", "85"), 2,
@@ -327,7 +417,27 @@ ROWS = [
     Row("lesion-missing", analyze("lesion", "{ws}/runs/nothing"), 2, "does not exist"),
     Row("lesion-no-blocks", analyze("lesion", "{ws}/ckpt.pt"), 2, "has no residual blocks"),
     Row("lesion-draws", analyze("lesion", "{ws}/ckpt.pt", "--draws", "0"), 2,
-        "--draws must be positive"),
+        "--draws must be in [1, 1000], got 0"),
+    # sizes nobody bounded exhausted memory; seeds past torch's range were internal errors
+    Row("lesion-draws-huge", analyze("lesion", "{ws}/ckpt.pt", "--draws", "1000000000"), 2,
+        "--draws must be in [1, 1000], got 1000000000"),
+    Row("residuals-seed-huge", analyze("residuals", "{ws}/ckpt.pt", "--seed", str(2**64)), 2,
+        "--seed must be in [0, 2**64)"),
+    Row("gradients-batches-huge", ["analyze", "gradients", "baseline-cnn", "--batches",
+        "100000000", "--data", "{data}"], 2, "--batches must be in [1, 1000]"),
+    Row("bench-batch-huge", ["bench", "baseline-cnn", "--batch-sizes", "1,1000000", "--runs",
+        "{ws}/runs"], 2, "--batch-sizes: at most 4096 images a batch"),
+    Row("bench-fixed-input-huge", ["bench", "{ws}/huge.onnx", "--runs", "{ws}/runs"], 2,
+        "inputs of shape 3,40000,40000 takes 4,577.6 GiB, over rtk bench's 2 GiB cap",
+        _huge_input_model),
+    Row("bench-baseline-fifo", bench_gate("{ws}/pipe.json"), 2,
+        "baseline {ws}/pipe.json is not a regular file", _fifo("pipe.json")),
+    Row("bench-baseline-dev-zero", bench_gate("/dev/zero"), 2,
+        "baseline /dev/zero is not a regular file"),
+    Row("bench-baseline-overflow", bench_gate("{ws}/huge.json"), 2, "is not an rtk bench report",
+        lambda ws: (ws.root / "huge.json").write_text(
+            '{"rows": [{"model": "m", "precision": "fp32", "engine": "e", "provider": "cpu", '
+            '"stats": {"batch": 1, "p50_ms": 1' + "0" * 400 + '}}]}')),
     Row("lesion-images", analyze("lesion", "{ws}/ckpt.pt", "--images", "0"), 2,
         "--images must be positive"),
     Row("lesion-out-unwritable", analyze("lesion", "{ws}/resnet20.pt", "--images", "10",
@@ -342,8 +452,45 @@ ROWS = [
     Row("metrics-missing-keys", ["report", "compare", "{ws}/runs/r"], 2, "lacks test_acc",
         setup=_run_folder({"metrics.json": '{"arch": "baseline-cnn"}',
                            "config.json": '{"settings": {"epochs": 1}}'})),
+    Row("export-names-clash", export("{ws}/a/ckpt.pt", "{ws}/b/ckpt.pt", "--out", "{ws}/onnx"), 2,
+        "would both be exported as {ws}/onnx/ckpt.onnx", _two_checkpoints_named_alike),
+    Row("resume-finished-last-is-folder", ["train", "--resume", "{ws}/runs/r", "--data",
+        "{data}"], 2, "is a finished run without its last.pt",
+        _finished_run_with_a_folder_as("last.pt")),
+    Row("resume-finished-config-is-folder", ["train", "--resume", "{ws}/runs/r", "--data",
+        "{data}"], 2, "last.pt holds no training settings",
+        _finished_run_with_a_folder_as("config.json")),
+    # settings read from files are checked for type and value like flags (one schema)
+    Row("group-optimizer-unknown", ["report", "seeds", "{ws}/runs/g"], 2,
+        "group.json holds a setting this rtk cannot train with: --optimizer must be one of",
+        _edited_group(settings={"optimizer": "rmsprop"})),
+    Row("group-seed-bool", ["report", "seeds", "{ws}/runs/g"], 2,
+        "is not an rtk seed group manifest", _edited_group(seeds=[True, 1])),
+    Row("group-epochs-text", ["train", "--resume", "{ws}/runs/g", "--data", "{data}"], 2,
+        "--epochs must be a whole number, got '3'", _edited_group(settings={"epochs": "3"})),
+    Row("config-optimizer-unknown", ["train", "--resume", "{ws}/runs/r", "--data", "{data}"], 2,
+        "config.json holds a setting this rtk cannot train with: --optimizer must be one of",
+        _run_folder({"config.json": '{"settings": {"arch": "baseline-cnn", "optimizer": '
+                     '"rmsprop"}}'})),
+    Row("config-grad-norm-zero", ["train", "--resume", "{ws}/runs/r", "--data", "{data}"], 2,
+        "grad_norm_batches must be 1 or more", _run_folder({"config.json": '{"settings": '
+        '{"arch": "baseline-cnn", "grad_norm_batches": 0}}'})),
+    Row("config-split-seed-negative", ["train", "--resume", "{ws}/runs/r", "--data", "{data}"],
+        2, "split_seed must be in [0, 2**32), got -1", _run_folder({"config.json": '{"settings": '
+        '{"arch": "baseline-cnn", "split_seed": -1}}'})),
+    Row("name-symlink-out-of-out", train("--name", "link"), 2,
+        "{ws}/runs/link is a symbolic link; rtk writes run folders only inside --out",
+        lambda ws: (ws.root / "runs" / "link").symlink_to(ws.root, target_is_directory=True)),
+    Row("resume-out-ignored", ["train", "--resume", "{ws}/runs/r", "--out", "{ws}/elsewhere"], 2,
+        "only --epochs may change (got --out)", setup=_run_folder({"config.json": "{}"})),
+    Row("arch-twice", ["train", "baseline-cnn", "mini-resnet", "baseline-cnn", "--data", "{data}",
+        "--out", "{ws}/runs"], 2, "baseline-cnn named more than once; name each architecture"),
     Row("resume-empty-folder", ["train", "--resume", "{ws}/runs/r", "--data", "{data}"], 2,
         "holds no last.pt or config.json", setup=_run_folder({})),
+    # a resume never destroys a finished result (it retrained from scratch over it)
+    Row("resume-finished-without-last", ["train", "--resume", "{ws}/runs/r", "--data", "{data}"],
+        2, "is a finished run without its last.pt",
+        setup=_run_folder({"metrics.json": '{"test_acc": 0.5}', "config.json": "{}"})),
     Row("amp-auto-no-cuda", train("--amp"), 2, "it has no native bf16", marks=(NO_CUDA,)),
     # seed groups: unfinished, not a group at all, too many to compare
     Row("report-seeds-unfinished", ["report", "seeds", "{ws}/runs/g"], 2,
@@ -402,7 +549,8 @@ def test_bad_input_is_one_line_and_changes_nothing(
         signal.signal(signal.SIGALRM, previous)
     stderr = result.stderr.strip()
     assert result.exit_code == row.code, stderr or result.stdout
-    assert row.phrase in stderr, stderr
+    assert row.phrase.format(**paths) in stderr, stderr
+    assert "\x1b" not in result.stderr + result.stdout, "a control character reached the terminal"
     assert len(stderr.splitlines()) == 1, stderr
     assert "Traceback" not in stderr + result.stdout and "internal error" not in stderr
     assert "weights_only" not in stderr

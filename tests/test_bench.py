@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from analysis.bench import BenchSettings, resolve_targets, run_bench
+from analysis.bench import BenchSettings, keep_in_history, resolve_targets, run_bench
 from analysis.claims import latency_claim, memory_claim
 from analysis.latency import BenchRow, stats_from, time_calls
 from analysis.train_bench import bench_train_step
@@ -71,6 +71,17 @@ def test_bench_cli_writes_json_csv_and_history(tmp_path: Path):
     assert len(table) == 4 and table[0]["model"] == "baseline-cnn" and float(table[0]["p99_ms"]) > 0
     history = list((tmp_path / "bench").glob("bench-*.json"))
     assert len(history) == 1 and json.loads(history[0].read_text())["rows"] == rows
+
+
+def test_benches_ending_in_the_same_second_each_keep_their_report(tmp_path: Path):
+    """History files were named to the second: the second bench overwrote the first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    contents = [f'{{"bench": {i}}}\n' for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        kept = list(pool.map(lambda c: keep_in_history(tmp_path, "bench-x", c), contents))
+    assert len(set(kept)) == 8 and {p.read_text() for p in kept} == set(contents)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
 
 
 def test_an_architecture_name_is_benched_from_a_validated_rtk_export(tmp_path: Path):

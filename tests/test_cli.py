@@ -269,3 +269,23 @@ def test_every_help_shows_every_default():
             if param.default is not None and param.show_default is not False and not flag_off:
                 with_default.append(where)
         assert text.count("[default: ") >= len(with_default), (path, with_default)
+
+
+def test_every_train_option_reaches_the_settings_or_is_the_commands_own():
+    """`rtk train` reads its settings from its own signature (written once): an option that is
+    neither a ``TrainConfig`` field nor one the command uses itself would be dropped silently."""
+    import inspect
+    from dataclasses import fields
+
+    from toolkit.cli.train import _OPTION_SETTING, _settings, train
+    from toolkit.config import TrainConfig
+
+    own = {"archs", "recipe", "seeds", "data", "out", "name", "resume", "nproc", "tensorboard"}
+    own |= {"quiet", "as_json"}
+    options = set(inspect.signature(train).parameters)
+    settings = {f.name for f in fields(TrainConfig)}
+    dropped = {o for o in options - own if _OPTION_SETTING.get(o, o) not in settings}
+    assert not dropped
+    given = _settings({o: f"value of {o}" for o in options})
+    assert given["compile"] == "value of compile_model" and given["lr"] == "value of lr"
+    assert set(given) == {_OPTION_SETTING.get(o, o) for o in options - own}

@@ -77,6 +77,54 @@ def test_ctrl_c_names_the_command_that_resumes(imagefolder: Path, tmp_path: Path
     assert (tmp_path / "runs" / "plain20" / "last.pt").is_file()
 
 
+def test_ctrl_c_prints_the_exact_command_and_following_it_finishes_the_same_study(
+    imagefolder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The printed command dropped --depth, --epochs, --train-subset, --val-size and --data:
+    following it mixed networks of two schedules in one study."""
+    import re
+    import shlex
+
+    monkeypatch.setattr("toolkit.cli.train.RichObserver", lambda *a, **k: _InterruptAt(2))
+    given = ["--depth", "20", "--epochs", "2", "--train-subset", "120", "--val-size", "40",
+             "--data", str(imagefolder), "--out", str(tmp_path / "study x")]  # fmt: skip
+    result = rtk("study", "depth", *given)
+    assert result.exit_code == 130, result.output
+    said = re.search(r"rerun `(.+)` to continue", " ".join(result.stderr.split()))
+    assert said, result.stderr
+    command = shlex.split(said[1])
+    assert command[:3] == ["rtk", "study", "depth"]
+    pairs = {(given[i], given[i + 1]) for i in range(0, len(given), 2)}
+    assert pairs <= {(command[i], command[i + 1]) for i in range(3, len(command) - 1)}
+    monkeypatch.undo()
+    # What a kill -9 while writing the figure and the report would have left behind:
+    out = tmp_path / "study x"
+    (out / "figures").mkdir(exist_ok=True)
+    leftovers = [out / "figures" / ".depth.png.k2j4x9q1.tmp", out / ".DEPTH.md.x9q1abcd.tmp"]
+    for leftover in leftovers:
+        leftover.write_text("half a file")
+    done = rtk(*command[1:], "--quiet", "--json")
+    assert done.exit_code == 0, done.output
+    assert not any(p.exists() for p in leftovers)
+    runs = json.loads(done.stdout)["runs"]
+    assert [len(r["curve"]) for r in runs] == [2, 2]  # both networks under the given schedule
+    for run in runs:
+        settings = json.loads((Path(run["run"]) / "config.json").read_text())["settings"]
+        assert (settings["train_subset"], settings["val_size"]) == (120, 40)
+
+
+def test_a_run_of_another_network_in_a_studys_place_is_refused(imagefolder: Path, tmp_path: Path):
+    """A foreign run found in OUT/runs/plain20 was tabled as plain20."""
+    foreign = tmp_path / "runs" / "plain20"
+    foreign.mkdir(parents=True)
+    (foreign / "config.json").write_text('{"settings": {"arch": "resnet56"}}')
+    result = rtk("study", "depth", "--depth", "20", "--data", str(imagefolder), "--out",
+                 str(tmp_path), "--val-size", "40", "--quiet")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"{foreign} holds a run of resnet56, not plain20; move it away" in result.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]
+
+
 def test_budgets_share_one_recipe_without_dropout_or_zero_init():
     quick = study_configs(DEPTH_BUDGETS["quick"], [56, 20])
     full = study_configs(DEPTH_BUDGETS["full"], [20, 32, 56])

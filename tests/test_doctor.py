@@ -111,6 +111,11 @@ def test_data_rows_follow_the_lookup_and_the_cache(
     data, _ = data_checks()
     assert data.status == "failed" and "does not exist" in data.detail
 
+    (tmp_path / "a-file").write_text("")  # the cache cannot be made where a file is
+    monkeypatch.setenv("RTK_CACHE_DIR", str(tmp_path / "a-file"))
+    _, cache = data_checks()
+    assert cache.status == "failed" and "is a file, not a folder" in cache.detail
+
 
 def test_browser_row_follows_rtk_views_rule(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("DISPLAY", raising=False)

@@ -26,7 +26,7 @@ from exporters.opset import opset_support
 from exporters.predict import predict
 from exporters.quantize import tensorrt_qdq_problem
 from exporters.runtime import ProviderUnavailableError, create_session
-from exporters.view import free_port, serve, stop
+from exporters.view import free_port, safe_file_name, serve, stop
 from tests.conftest import CLASSES, SAMPLE_ARCHS, TinyData, default_sigint, write_imagefolder
 from toolkit.cli import app
 from toolkit.data import Dataset, load_dataset
@@ -305,6 +305,26 @@ def test_predict_without_metadata_needs_flags(imagefolder: Path, tmp_path: Path)
     assert result.exit_code == 2 and "--classes" in result.stderr
 
 
+def test_text_from_a_model_is_shown_as_it_is_and_never_drives_the_terminal(
+    imagefolder: Path, tmp_path: Path
+):
+    """Class names come from ONNX metadata or flags, files anyone can write: Rich markup in one
+    was read (a `[/]` crashed, `[bold]` vanished) and an escape sequence reached the terminal."""
+    bare = _bare_model(tmp_path / "bare.onnx")
+    image = sorted((imagefolder / "test" / "cat").iterdir())[0]
+    classes = "[/]a,[bold]b,c\x1b[2J\x1b]0;pwned\x07,d\u202e"
+    flags = ["--classes", classes, "--mean", "0,0,0", "--std", "1,1,1", "--top-k", "4"]
+    result = run_cli("predict", str(bare), str(image), *flags)
+    assert result.exit_code == 0, result.output
+    for shown in ("[/]a", "[bold]b", "c\\x1b[2J\\x1b]0;pwned\\x07", "d\\u202e"):
+        assert shown in result.stdout, (shown, result.stdout)
+    assert not any(c in result.output for c in "\x1b\x07\u202e")
+    # --json keeps the names exactly, in JSON's own escapes
+    data = json.loads(run_cli("predict", str(bare), str(image), *flags, "--json").stdout)
+    names = {t["label"] for p in data["predictions"] for t in p["top"]}
+    assert names == set(classes.split(","))
+
+
 def test_export_cli_faults(dataset: Dataset, imagefolder: Path, tmp_path: Path):
     run = write_checkpoint(tmp_path / "run", "baseline-cnn")
     data = ["--data", str(imagefolder), "--parity-images", str(PARITY)]
@@ -335,8 +355,6 @@ def test_view_rejects_a_port_out_of_range(tmp_path: Path):
 
 
 def test_netron_serves_the_model_over_http(dataset: Dataset, tmp_path: Path):
-    import netron
-
     run = write_checkpoint(tmp_path / "run", "baseline-cnn")
     (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
     port = free_port()
@@ -348,7 +366,37 @@ def test_netron_serves_the_model_over_http(dataset: Dataset, tmp_path: Path):
         data = urllib.request.urlopen(f"{served.url}/data/model.onnx", timeout=10).read()
         assert data == result.onnx_path.read_bytes()
     finally:
-        netron.stop((served.host, served.port))
+        stop(served)
+    assert not served.private_copy.exists()
+
+
+def _serves_only(data: str, name: str, model: Path, neighbours: list[str]) -> None:
+    """netron's ``/data/`` serves ``model`` as ``name`` and none of the run's other files."""
+    assert urllib.request.urlopen(data + name, timeout=10).read() == model.read_bytes()
+    for neighbour in neighbours:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(data + neighbour, timeout=10)
+        assert refused.value.code == 404, neighbour
+
+
+def test_view_serves_only_the_model_under_a_name_html_cannot_read(dataset: Dataset, tmp_path: Path):
+    """netron writes the file name into its page unescaped and serves the model's whole folder:
+    a page on loopback could run a script that reads the run's checkpoints."""
+    run = write_checkpoint(tmp_path / "run", "baseline-cnn")
+    (result,) = export_onnx(run, dataset=dataset, parity_images=PARITY)
+    hostile = run / '"><img src=x onerror=alert(1)>.onnx'
+    shutil.copyfile(result.onnx_path, hostile)
+    served = serve(hostile, port=free_port(), browse=False)
+    try:
+        page = urllib.request.urlopen(served.url, timeout=10).read().decode()
+        assert "onerror=" not in page and "alert(1)" not in page  # no markup of the name's
+        name = safe_file_name(hostile.name)
+        assert f'<meta name="identifier" content="{name}">' in page
+        assert "<" not in name and '"' not in name
+        _serves_only(f"{served.url}/data/", name, hostile, ["best.pt", "config.json", "model.onnx"])
+    finally:
+        stop(served)
+    assert not served.private_copy.exists()
 
 
 def test_view_beyond_loopback_serves_the_model_alone(dataset: Dataset, tmp_path: Path):
@@ -360,13 +408,8 @@ def test_view_beyond_loopback_serves_the_model_alone(dataset: Dataset, tmp_path:
         assert served.exposed and served.private_copy is not None
         assert served.private_copy.stat().st_mode & 0o777 == 0o700  # a private folder
         data = f"http://127.0.0.1:{served.port}/data/"
-        assert urllib.request.urlopen(data + "model.onnx", timeout=10).read() == (
-            result.onnx_path.read_bytes()
-        )
-        for neighbour in ("best.pt", "metrics.json", "config.json"):
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(data + neighbour, timeout=10)
-            assert refused.value.code == 404, neighbour
+        neighbours = ["best.pt", "metrics.json", "config.json"]
+        _serves_only(data, "model.onnx", result.onnx_path, neighbours)
     finally:
         stop(served)
     assert not served.private_copy.exists()  # removed when the server stops

@@ -126,6 +126,14 @@ def test_budgets_train_every_model_with_their_recipe():
     assert not any(c.tta for c in quick.values())
     fast = {a: budget_config(a, BUDGETS["fast"]) for a in architecture_names(PAPER)}
     assert fast["resnet18"].epochs == fast["resnet18-noskip"].epochs == 10
+    # One recipe per pair: the ResNet-18s alike, at batch 128 and the rate scaled with it.
+    skip, plain = fast["resnet18"].to_dict(), fast["resnet18-noskip"].to_dict()
+    assert {k: v for k, v in skip.items() if k != "arch"} == {
+        k: v for k, v in plain.items() if k != "arch"
+    }
+    assert (skip["batch_size"], skip["lr"], skip["init"], skip["zero_init_residual"]) == (
+        128, 0.1, "torch", False,
+    )  # fmt: skip
     assert all(c.scheduler == "linear" and c.patience == 0 for c in fast.values())
     paper = budget_config("resnet18", BUDGETS["paper"])
     assert (paper.optimizer, paper.lr, paper.epochs, paper.patience) == ("adam", 1e-3, 30, 7)
@@ -133,9 +141,12 @@ def test_budgets_train_every_model_with_their_recipe():
 
 def test_report_settings_give_each_model_the_epochs_and_rate_it_trained_with():
     """REPORT.md's settings line: shared settings once, the budget's per-model ones per model
-    (the fast budget's ResNet-18s train 10 epochs, not the recipe's 18)."""
+    (the fast budget's ResNet-18s train 10 epochs, not the recipe's 18, at batch 128, the rate
+    scaled with it: the pair alike)."""
     text = settings_text(BUDGETS["fast"], PAPER_ARCHS)
-    assert "val_size 5000," in text and "batch_size 256," in text and "lr 0.2," in text
+    assert "val_size 5000," in text
+    pair = "(baseline-cnn, mini-resnet) / {} (resnet18, resnet18-noskip)"
+    assert f"batch_size 256 {pair.format(128)}" in text and f"lr 0.2 {pair.format(0.1)}" in text
     assert "epochs 30 (baseline-cnn) / 24 (mini-resnet) / 10 (resnet18, resnet18-noskip)" in text
     quick = settings_text(BUDGETS["quick"], PAPER_ARCHS)
     assert "val_size 2000," in quick and "tta False," in quick  # the budget's, not the recipe's

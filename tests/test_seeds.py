@@ -13,11 +13,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from analysis.claims import ablation_claim, judge_interval, paired_claim
+from analysis.claims import ablation_claim
 from analysis.gradients import GradientProfile, LayerGradient
 from analysis.report import CompareRow, runs_under
 from analysis.seeds import estimate, paired_difference, percent
 from analysis.sources import SourceError
+from analysis.verdicts import judge_interval, paired_claim
 from tests.conftest import TinyData, write_imagefolder
 from tests.test_training import _InterruptAt
 from toolkit.cli import app
@@ -259,6 +260,32 @@ def test_a_seed_trained_under_other_settings_is_refused(trained: Trained, tmp_pa
     assert result.exit_code == 2 and "under other settings than its group's (lr differ)" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize("fault", ["swapped", "linked"])
+def test_a_seed_folder_holding_another_seed_is_refused(
+    trained: Trained, tmp_path: Path, fault: str
+):
+    """Swapped seed folders or one linked to another gave a wrong spread with exit 0: each
+    folder's run must hold the seed its name says."""
+    copy = shutil.copytree(trained.runs / "g-baseline-cnn", tmp_path / "g")
+    if fault == "swapped":
+        (copy / "seed-0").rename(copy / "seed-x")
+        (copy / "seed-1").rename(copy / "seed-0")
+        (copy / "seed-x").rename(copy / "seed-1")
+    else:
+        shutil.rmtree(copy / "seed-1")
+        (copy / "seed-1").symlink_to(copy / "seed-0", target_is_directory=True)
+    for command in (("report", "seeds", copy), ("report", "compare", copy)):
+        result = _rtk(*command)
+        assert result.exit_code == 2, result.output
+        said = (
+            "seed-0 holds a run of seed 1, not seed 0"
+            if fault == "swapped"
+            else ("seed-1 holds a run of seed 0, not seed 1")
+        )
+        assert f"{copy}/{said}" in " ".join(result.stderr.split())
+        assert "Traceback" not in result.output
 
 
 def test_a_group_resumes_without_retraining_finished_seeds(

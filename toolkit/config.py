@@ -7,6 +7,8 @@ import dataclasses
 import json
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +34,33 @@ Init = Literal["kaiming", "torch"]
 
 class ConfigError(RtkError):
     """An invalid training setting."""
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the type ``hint`` declares, as JSON can write it (an int where
+    a float is declared; never a bool for a number)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
+    if hint is float:
+        return type(value) in (int, float)
+    return type(value) is hint
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}s"
+    names = {type(None): "null", bool: "true or false", int: "a whole number", float: "a number"}
+    return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 
 @dataclass(frozen=True)
@@ -68,23 +97,37 @@ class TrainConfig:
     # Residual blocks start as their shortcut (last BN scale 0); no effect on plain networks.
     zero_init_residual: bool = False
     device: str = "auto"
-    # NHWC: +8% (baseline CNN) and +10% (Mini-ResNet) training images/s at batch 256 on 2 AVX2
-    # cores (a synthetic training step, side by side); cuDNN's fast kernels want it too.
+    # NHWC: oneDNN's CPU convolutions train faster in it (docs/speed-precision.md has the
+    # side-by-side figures), and cuDNN's fast kernels want it too.
     channels_last: bool = True
     compile: bool = False
     amp: Amp = False  # see Amp above; the precision a run really took is in config.json
     grad_norm_batches: int = 8  # per-layer gradient norms averaged over the epoch's last N batches
 
     def validate(self) -> TrainConfig:
-        # NaN passes every comparison below (``nan <= 0`` is False), so finiteness comes first.
+        # Every value of its declared type first: settings also come from files anyone can edit
+        # (an optimizer "rmsprop" trained with Adam). Then NaN, which passes every comparison
+        # below (``nan <= 0`` is False).
+        hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if not _fits(value, hints[f.name]):
+                raise ConfigError(
+                    f"{_flag(f.name)} must be {_describe(hints[f.name])}, got {value!r}"
+                )
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{_flag(f.name)} must be a finite number, got {value}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{_flag(name)} must be positive, got {value}")
+        if not 0 <= self.split_seed < 2**32:  # scikit-learn's random_state range
+            raise ConfigError(f"split_seed must be in [0, 2**32), got {self.split_seed}")
+        if self.grad_norm_batches < 1:
+            raise ConfigError(
+                f"grad_norm_batches must be 1 or more (gradient norms averaged over the epoch's "
+                f"last batches), got {self.grad_norm_batches}"
+            )
         if self.patience < 0:
             raise ConfigError(f"--patience must be 0 (off) or more, got {self.patience}")
         if self.plateau_patience < 0:
@@ -115,10 +158,6 @@ class TrainConfig:
                 f"this recipe uses Nesterov momentum, which needs --momentum above 0, "
                 f"got {self.momentum}"
             )
-        if not (self.amp is True or self.amp is False or self.amp == "auto"):  # not 1 or "yes"
-            raise ConfigError(f'amp must be true, false or "auto", got {self.amp!r}')
-        if self.init not in ("kaiming", "torch"):
-            raise ConfigError(f"--init must be kaiming or torch, got {self.init!r}")
         if not 0 <= self.warmup_frac < 1:
             raise ConfigError(f"--warmup-frac must be in [0, 1), got {self.warmup_frac}")
         if self.val_size < 0:
@@ -143,17 +182,31 @@ def _flag(field_name: str) -> str:
 def config_from_settings(settings: dict[str, Any], *, where: object) -> TrainConfig:
     """The ``TrainConfig`` a file's stored settings describe (JSON keeps tuples as lists);
     ``where`` names the file in the error when this rtk does not know a setting."""
-    values = {**settings, "milestones": tuple(settings.get("milestones", ()))}
+    values = dict(settings)
+    if isinstance(values.get("milestones"), list):  # JSON's list for the tuple
+        values["milestones"] = tuple(values["milestones"])
     try:
         return TrainConfig(**values).validate()
     except TypeError as exc:
         raise ConfigError(f"{where} has settings this rtk does not know ({exc})") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{where} holds a setting this rtk cannot train with: {exc}") from None
 
 
 def canonical_settings(settings: dict[str, Any], *, where: object) -> dict[str, Any]:
     """Stored settings as this rtk reads them, for comparing two runs' or a run's and a group's:
     every field (a setting added to rtk since takes its default), in JSON's types."""
     return json.loads(json.dumps(config_from_settings(settings, where=where).to_dict()))
+
+
+def differing_settings(
+    stored: dict[str, Any], wanted: dict[str, Any], *, where: tuple[object, object]
+) -> dict[str, tuple[Any, Any]]:
+    """The settings on which ``stored`` and ``wanted`` disagree once both are read as this rtk
+    reads them, each as ``(stored value, wanted value)``; ``where`` names the two for errors."""
+    first = canonical_settings(stored, where=where[0])
+    second = canonical_settings(wanted, where=where[1])
+    return {k: (first.get(k), v) for k, v in second.items() if first.get(k) != v}
 
 
 # A whole number, signed so that "-1" is refused as out of range rather than as not a number;
@@ -239,9 +292,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "select": "last",
         "translate": 4,
         "tta": True,
-        # Without it, rtk's Kaiming start lets ResNet-18's loss blow up once the warm-up takes
-        # the rate to 0.2 (docs/log.md, "ResNet-18's start"); PyTorch's default start does not.
-        "zero_init_residual": True,
+        # PyTorch's default start, no zero-init: rtk's Kaiming start blew ResNet-18's loss up
+        # once the warm-up took the rate to 0.2 (zero-init hid it), PyTorch's does not, and it
+        # trained every Table I model as well or better (results/r18-proxy, results/goals).
+        # Without zero-init a residual network and its plain twin start alike (zero-init would
+        # start only the residual one as its shallow stem).
+        "init": "torch",
+        "zero_init_residual": False,
         # bf16 autocast where the CPU or GPU computes it natively (about 2x the training
         # images/s on a CPU with AVX512-BF16, the same accuracy: docs/speed-precision.md).
         "amp": "auto",

@@ -20,3 +20,7 @@ class DataError(RtkError):
 
 class OutputError(RtkError):
     """An output file cannot be written where the user asked."""
+
+
+class FolderBusyError(RtkError):
+    """Another process is writing the folder this command would write."""

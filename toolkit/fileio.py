@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
+import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from toolkit.errors import OutputError
+from toolkit.errors import FolderBusyError, OutputError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -72,3 +78,113 @@ def remove_leftover_temps(target: Path) -> list[Path]:
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers
+
+
+LOCK_NAME = ".rtk.lock"
+
+
+class FolderLock:
+    """One writer at a time for a folder rtk writes (a run, a seed group, a study, a report).
+
+    ``flock`` on ``.rtk.lock`` in the folder: the kernel drops it when its holder exits, however
+    it exits (``kill -9`` included), so a lock is never stale; the file names the holder for
+    the refusal. Released, the file is removed; a process that opened it just before must then
+    lock the new one instead, hence the inode check.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise OutputError(f"cannot lock {self.folder} ({exc.strerror})") from exc
+            try:
+                if self._claim(fd):
+                    self._fd = fd
+                    return self
+            except BaseException:
+                os.close(fd)  # the lock goes with its descriptor
+                raise
+            os.close(fd)
+
+    def _claim(self, fd: int) -> bool:
+        """Lock ``fd`` and sign the file; False if the file was replaced meanwhile."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise FolderBusyError(
+                f"{self.folder} is being written by {holder}; wait for it to finish (or stop "
+                "it), then run this again"
+            ) from None
+        try:
+            if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                return False
+        except FileNotFoundError:
+            return False
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} ({command})\n".encode(errors="replace"), 0)
+        return True
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def __del__(self) -> None:  # a holder dropped without release (a trainer never run)
+        with contextlib.suppress(Exception):
+            self.release()
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# What ``atomic_paths`` names a temporary file: "." + target name + "." + mkstemp's 8 + ".tmp".
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
+@contextmanager
+def writing(folder: Path, *, outputs: Sequence[Path] = ()) -> Iterator[None]:
+    """Make ``folder`` if need be and hold its ``FolderLock`` while the body writes into it.
+    Holding it, no other rtk process writes there, so the temporary files a killed earlier
+    writer left of ``outputs`` go first: each a file the body writes, or a folder of rtk's own
+    whose every file it writes (only files named as ``atomic_paths`` names them)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder} ({exc.strerror}); pick another folder") from exc
+    with FolderLock(folder):
+        for output in outputs:
+            if output.is_dir():
+                for path in output.iterdir():
+                    if _TEMP_NAME.fullmatch(path.name):
+                        path.unlink(missing_ok=True)
+            else:
+                remove_leftover_temps(output)
+        yield
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def parse_json(text: str) -> Any:
+    """JSON as rtk reads it from files anyone can edit: ``NaN`` and ``Infinity`` refused (they
+    are not JSON), and nesting too deep for Python's parser a ``ValueError`` like any other
+    malformed JSON, not a ``RecursionError``."""
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

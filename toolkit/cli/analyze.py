@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from toolkit.cli.output import console, err_console, notice, print_json
+from toolkit.cli.output import console, err_console, notice, print_json, styled
 
 if TYPE_CHECKING:
-    from analysis.claims import Verdict
     from analysis.lesion import LesionReport
     from analysis.metrics import ClassReport
     from analysis.residuals import ResidualProfile
+    from analysis.verdicts import Verdict
 
 analyze_app = typer.Typer(
     help="Gradient flow, parameter counts, lesions and residual sizes.", no_args_is_help=True
@@ -32,6 +32,9 @@ ImagesOption = typer.Option(
     help="Test images to use, a seeded sample of the split \\[all].",
     show_default=False,
 )
+
+
+MAX_GRAD_BATCHES = 1000  # each is a forward and backward pass of every model
 
 
 @analyze_app.command("gradients")
@@ -55,8 +58,8 @@ def gradients(
 
     if at not in ("init", "best"):
         raise RtkError(f"--at takes init or best, got {at!r}")
-    if batches < 1:
-        raise RtkError(f"--batches must be positive, got {batches}")
+    if not 1 <= batches <= MAX_GRAD_BATCHES:
+        raise RtkError(f"--batches must be in [1, {MAX_GRAD_BATCHES}], got {batches}")
     dataset = load_dataset(data, announce=notice)
     profiles = [profile_source(s, dataset, batches=batches, at=at) for s in sources]
     if plot is not None:
@@ -170,7 +173,7 @@ def _print_lesion(report: LesionReport) -> None:
             if row is None:
                 cells.append("-")  # this model has no such block
             elif row.accuracy is None:
-                cells.append("[yellow]impossible (shape changes, no shortcut)[/]")
+                cells.append(styled(("impossible (shape changes, no shortcut)", "yellow")))
             else:
                 shortcut = "no shortcut" if row.shortcut == "none" else row.shortcut
                 cells.append(f"{row.accuracy:.2%} ({shortcut})")
@@ -220,7 +223,7 @@ def _print_lesion(report: LesionReport) -> None:
 
 def _print_verdict(verdict: Verdict) -> None:
     color = {"supported": "green", "not supported": "red"}.get(verdict.verdict, "yellow")
-    console.print(f"[bold]{verdict.claim}[/]: [{color}]{verdict.verdict}[/]", soft_wrap=True)
+    console.print(styled((verdict.claim, "bold"), ": ", (verdict.verdict, color)), soft_wrap=True)
     console.print(f"  {verdict.evidence}", soft_wrap=True)
 
 
@@ -311,8 +314,7 @@ def confusion(
         table.add_column(name[:5], justify="right")
     for i, (name, row) in enumerate(zip(result.classes, result.matrix, strict=True)):
         cells = [f"{v:.2f}" if normalize else f"{int(v)}" for v in row]
-        cells[i] = f"[bold green]{cells[i]}[/]"
-        table.add_row(name, *cells)
+        table.add_row(name, *cells[:i], styled((cells[i], "bold green")), *cells[i + 1 :])
     console.print(table)
 
 
@@ -342,8 +344,11 @@ def classification(
         _print_class_report(report, source)
     if min_accuracy is not None and report.accuracy < min_accuracy:
         err_console.print(
-            f"[bold red]gate failed:[/] accuracy {report.accuracy:.4f} is below the required "
-            f"{min_accuracy:.4f} (--min-accuracy) for {source}",
+            styled(
+                ("gate failed:", "bold red"),
+                f" accuracy {report.accuracy:.4f} is below the required {min_accuracy:.4f} "
+                f"(--min-accuracy) for {source}",
+            ),
             soft_wrap=True,
         )
         raise typer.Exit(1)
@@ -489,8 +494,8 @@ def seeds(
 ) -> None:
     """A seed group's test results per seed, their mean, spread and 95% interval; for two groups,
     also the difference seed by seed, its interval and a verdict on it."""
-    from analysis.claims import paired_claim
     from analysis.seeds import compare_groups, percent, summarize_group
+    from analysis.verdicts import paired_claim
     from toolkit.errors import RtkError
 
     if len(groups) > 2:
@@ -525,4 +530,4 @@ def seeds(
         )
         console.print(f"{d.metric}, {p.first} minus {p.second} (pt): {per_seed}")
         console.print(f"  paired difference: {percent(d, difference=True)}")
-        console.print(f"[bold]{v.claim}[/]: {v.verdict}")
+        console.print(styled((v.claim, "bold"), f": {v.verdict}"))

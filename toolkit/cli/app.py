@@ -25,7 +25,7 @@ from toolkit.cli import models as models_cmd
 from toolkit.cli import reproduce as reproduce_cmd
 from toolkit.cli import study as study_cmd
 from toolkit.cli import train as train_cmd
-from toolkit.cli.output import err_console
+from toolkit.cli.output import err_console, styled
 from toolkit.errors import RtkError
 
 
@@ -40,12 +40,12 @@ class RtkGroup(TyperGroup):
         except RtkError as exc:
             if _debug():
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            err_console.print(styled(("error:", "bold red"), f" {exc}"), soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if _debug():
                 raise
-            err_console.print("[yellow]interrupted[/]")
+            err_console.print("interrupted", style="yellow")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, typer.BadParameter, typer.TyperException):
             raise
@@ -54,8 +54,11 @@ class RtkGroup(TyperGroup):
                 raise
             where = f" ({exc.filename})" if exc.filename else ""
             err_console.print(
-                f"[bold red]error:[/] {exc.strerror or exc}{where}; check the path, its "
-                "permissions and the free disk space",
+                styled(
+                    ("error:", "bold red"),
+                    f" {exc.strerror or exc}{where}; check the path, "
+                    "its permissions and the free disk space",
+                ),
                 soft_wrap=True,
             )
             raise typer.Exit(2) from None
@@ -63,8 +66,11 @@ class RtkGroup(TyperGroup):
             if _debug() or type(exc).__module__.startswith(("click", "typer")):
                 raise
             err_console.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
-                "(a bug in rtk; rerun with RTK_DEBUG=1 for the traceback and report it)",
+                styled(
+                    ("internal error:", "bold red"),
+                    f" {type(exc).__name__}: {exc} (a bug in "
+                    "rtk; rerun with RTK_DEBUG=1 for the traceback and report it)",
+                ),
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from toolkit.cli.output import console, err_console, notice, print_json, to_json
+from toolkit.cli.output import console, err_console, notice, print_json, styled, to_json
 
 if TYPE_CHECKING:
     from analysis.bench import BenchReport
@@ -48,6 +48,18 @@ def _ints(text: str, flag: str) -> list[int]:
     if not values or min(values) < 1:
         raise RtkError(f"{flag} takes positive integers separated by commas, got {text!r}")
     return values
+
+
+MAX_BATCH = 4096
+
+
+def _batch_sizes(text: str) -> list[int]:
+    from toolkit.errors import RtkError
+
+    sizes = _ints(text, "--batch-sizes")
+    if max(sizes) > MAX_BATCH:
+        raise RtkError(f"--batch-sizes: at most {MAX_BATCH} images a batch, got {max(sizes)}")
+    return sizes
 
 
 @app.command("inference")
@@ -122,7 +134,7 @@ def inference(
     old = load_baseline(baseline) if baseline is not None else None
     settings = BenchSettings(
         provider=provider,  # type: ignore[arg-type]
-        batch_sizes=tuple(_ints(batch_sizes, "--batch-sizes")),
+        batch_sizes=tuple(_batch_sizes(batch_sizes)),
         warmup=warmup,
         iters=iters,
         seconds=None if iters else seconds,
@@ -135,6 +147,8 @@ def inference(
         channels_last=channels_last,
     )
     shape = tuple(_ints(input_shape, "--input-shape")) if input_shape else None
+    if shape is not None and len(shape) != 3:
+        raise RtkError(f"--input-shape takes C,H,W (three sizes), got {input_shape!r}")
     with tempfile.TemporaryDirectory() as workdir:
         targets, notes = resolve_targets(
             models, runs=runs, workdir=Path(workdir), input_shape=shape
@@ -151,8 +165,8 @@ def inference(
     regressions = latency_regressions(report, old, max_regression_pct=max_regression)
     if regressions:
         err_console.print(
-            f"[bold red]gate failed:[/] median latency grew more than {max_regression:g}% over "
-            f"{baseline}: "
+            styled(("gate failed:", "bold red")),
+            f"median latency grew more than {max_regression:g}% over {baseline}: "
             + "; ".join(
                 f"{r.model} {r.precision} {r.engine} on {r.provider}, batch {r.batch}: "
                 f"{r.old_p50_ms:.3f} -> {r.new_p50_ms:.3f} ms (+{r.percent:.1f}%)"
@@ -168,12 +182,15 @@ def _print_report(report: BenchReport) -> None:
     m = report.machine
     gpu = report.provider != "cpu"
     data = "on the device (io-binding)" if report.io_binding else "host copies timed"
+    checked = "some nodes on the CPU, allowed: see the rows" if report.cpu_fallback else "verified"
     console.print(
-        f"ONNX Runtime {m.ort_version} on [bold]{report.running}[/] (asked: {report.provider}, "
-        f"{'some nodes on the CPU, allowed: see the rows' if report.cpu_fallback else 'verified'})"
-        f" | torch {m.torch_version} | {m.device} | threads: "
-        f"{report.threads or 'default'} (torch {m.torch_threads})"
-        + (f" | inputs and outputs {data}" if gpu else ""),
+        styled(
+            f"ONNX Runtime {m.ort_version} on ",
+            (report.running, "bold"),
+            f" (asked: {report.provider}, {checked}) | torch {m.torch_version} | {m.device} | "
+            f"threads: {report.threads or 'default'} (torch {m.torch_threads})"
+            + (f" | inputs and outputs {data}" if gpu else ""),
+        ),
         soft_wrap=True,  # one line, as logs and greps read it
     )
     table = Table(title="Inference latency (ms per batch; warm-up excluded)")
@@ -213,7 +230,7 @@ def _print_report(report: BenchReport) -> None:
             "a model's share is 2 x MACs x images/s over it"
         )
     for v in report.verdicts:
-        console.print(f"[bold]{v.claim}[/]: {v.verdict} - {v.evidence}")
+        console.print(styled((v.claim, "bold"), f": {v.verdict} - {v.evidence}"))
     for note in report.notes:
         notice(note)
 
@@ -267,6 +284,6 @@ def train(
             )
         console.print(table)
         console.print(f"memory: {results[0].memory_method}")
-        console.print(f"[bold]{verdict.claim}[/]: {verdict.verdict} - {verdict.evidence}")
+        console.print(styled((verdict.claim, "bold"), f": {verdict.verdict} - {verdict.evidence}"))
     if json_out is not None:
         write_result(json_out, content)

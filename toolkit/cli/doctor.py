@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from toolkit.cli.output import console, print_json
+from toolkit.cli.output import console, print_json, styled
 
 _STYLE = {"ok": "green", "missing": "yellow", "failed": "bold red"}
 
@@ -33,5 +33,5 @@ def doctor(
         if section is not None and check.section != section:
             table.add_section()
         section = check.section
-        table.add_row(check.name, f"[{_STYLE[check.status]}]{check.status}[/]", check.detail)
+        table.add_row(check.name, styled((check.status, _STYLE[check.status])), check.detail)
     console.print(table)

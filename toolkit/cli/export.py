@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from toolkit.cli.output import console, err_console, notice, print_json
+from toolkit.cli.output import console, err_console, notice, print_json, styled
 
 
 def _runs_with_checkpoints(runs: Path) -> list[Path]:
@@ -38,7 +38,7 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Export checkpoints to ONNX and validate each file against PyTorch on real test images."""
-    from exporters.convert import export_onnx
+    from exporters.convert import export_onnx, export_paths
     from exporters.errors import ExportError
     from exporters.opset import opset_support
     from exporters.quantize import INT8_TARGETS
@@ -53,6 +53,14 @@ def export(
         raise ExportError(f"--int8-for is one of {', '.join(INT8_TARGETS)}, got {int8_for!r}")
     if parity_images < 1 or calib_images < 1:
         raise ExportError("--parity-images and --calib-images must be positive")
+    written: dict[Path, Path] = {}  # each file, by the target that would write it
+    for target in chosen:
+        path = export_paths(target, out)["fp32"]
+        if (other := written.setdefault(path.absolute(), target)) != target:
+            raise ExportError(
+                f"{other} and {target} would both be exported as {path}; export them to "
+                "different --out folders (or without --out, beside each checkpoint)"
+            )
     support = opset_support()
     if not as_json:
         notice(
@@ -173,14 +181,16 @@ def view(
     try:
         if served.exposed:
             err_console.print(
-                f"[yellow]warning:[/] {host} is not loopback: anyone who can reach port "
-                f"{served.port} can see and download this graph (a copy of {model.name} "
-                "alone, nothing else from its folder)",
+                styled(("warning:", "yellow")),
+                f"{host} is not loopback: anyone who can reach port {served.port} can see and "
+                f"download this graph (a copy of {model.name} alone, nothing else from its folder)",
                 soft_wrap=True,
             )
         if browser and not served.browser_opened:
-            err_console.print("[dim]no display here: open the URL in a browser[/]")
-        console.print(f"netron serves {model} at [bold]{served.url}[/]  (Ctrl-C stops it)")
+            err_console.print("no display here: open the URL in a browser", style="dim")
+        console.print(
+            styled(f"netron serves {model} at ", (served.url, "bold"), "  (Ctrl-C stops it)")
+        )
         netron.wait()  # returns on Ctrl-C (netron stops its servers): a clean stop, exit 0
     finally:
         stop(served)

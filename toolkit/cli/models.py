@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from toolkit.cli.output import console, print_json
+from toolkit.cli.output import console, print_json, styled
 
 
 def models(
@@ -32,13 +32,13 @@ def models(
     table.add_column("published", justify="right", no_wrap=True)  # test accuracy
     table.add_column("description (source of the published figures, or group)", overflow="fold")
     for s in summaries:
-        mark = ""
+        mark: tuple[str, str] = ("", "")
         if s.published_params is not None:
-            mark = " [green]=[/]" if s.params == s.published_params else " [red]![/]"
+            mark = (" =", "green") if s.params == s.published_params else (" !", "red")
         acc = "-" if s.published_test_acc is None else f"{s.published_test_acc:.2%}"
         table.add_row(
             s.name,
-            f"{s.params:,}{mark}",
+            styled(f"{s.params:,}", mark),
             f"{s.macs / 1e6:,.1f} M",
             str(s.depth),
             acc,

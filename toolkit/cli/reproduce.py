@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.output import console, err_console, notice, print_json
+from toolkit.cli.output import console, err_console, notice, print_json, styled, this_command
 
 
 def reproduce(
+    ctx: typer.Context,
     budget: str = typer.Option(
         "quick",
         help="quick (the fast recipe trimmed: the main job), fast (the fast recipe in full: "
@@ -56,10 +57,11 @@ def reproduce(
         dataset=load_dataset(data, announce=notice),
         say=notice,
         observer=observer,
+        rerun=this_command(ctx),
     )
     if as_json:
         print_json(result)
         return
     for verdict in result.verdicts:
-        console.print(f"[bold]{verdict.claim}[/]: {verdict.verdict}")
-    console.print(f"report: [bold]{result.report}[/]")
+        console.print(styled((verdict.claim, "bold"), f": {verdict.verdict}"))
+    console.print(styled("report: ", (result.report, "bold")))

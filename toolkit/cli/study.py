@@ -7,13 +7,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from toolkit.cli.output import console, err_console, notice, print_json
+from toolkit.cli.output import console, err_console, notice, print_json, styled, this_command
 
 app = typer.Typer(help="Experiments beyond the paper (depth).", no_args_is_help=True)
 
 
 @app.command("depth")
 def depth(
+    ctx: typer.Context,
     budget: str = typer.Option(
         "quick",
         help="quick (minutes: a first look) or full (10 epochs each on 30,000 images: "
@@ -34,7 +35,14 @@ def depth(
 ) -> None:
     """Plain against residual networks at several depths (He et al.'s Fig. 6): training and
     validation error per epoch, test error, and a verdict on degradation. Rerun to resume."""
-    from analysis.depth import DEFAULT_DEPTHS, DEPTH_BUDGETS, depth_study, study_configs
+    from analysis.depth import (
+        DEFAULT_DEPTHS,
+        DEPTH_BUDGETS,
+        DEPTH_COLUMNS,
+        depth_cells,
+        depth_study,
+        study_configs,
+    )
     from toolkit.cli.train import RichObserver
     from toolkit.data import load_dataset
     from toolkit.errors import RtkError
@@ -54,20 +62,17 @@ def depth(
         overrides=overrides,
         say=notice,
         observer=None if quiet else RichObserver(err_console, progress=True),
+        rerun=this_command(ctx),
     )
     if as_json:
         print_json(study)
         return
     table = Table(title=f"Depth study ({study.budget} budget, {study.recipe} recipe)")
-    for column in ("depth", "network", "params", "epochs", "train err", "val err", "test err"):
+    for column in DEPTH_COLUMNS:
         table.add_column(column, justify="left" if column == "network" else "right")
     for r in sorted(study.runs, key=lambda r: (r.depth, r.skip)):
-        val = "" if r.val_error is None else f"{r.val_error:.2%}"
-        table.add_row(
-            str(r.depth), r.arch, f"{r.params:,}", str(r.epochs), f"{r.train_error:.2%}", val,
-            f"{r.test_error:.2%}",
-        )  # fmt: skip
+        table.add_row(*depth_cells(r))
     console.print(table)
-    console.print(f"[bold]{study.verdict.claim}[/]: {study.verdict.verdict}")
+    console.print(styled((study.verdict.claim, "bold"), f": {study.verdict.verdict}"))
     console.print(f"{study.verdict.evidence}")
-    console.print(f"report: [bold]{study.report}[/]  figure: [bold]{study.figure}[/]")
+    console.print(styled("report: ", (study.report, "bold"), "  figure: ", (study.figure, "bold")))

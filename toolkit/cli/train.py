@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from toolkit.cli.output import console, err_console, notice, print_json
+from toolkit.cli.output import console, err_console, notice, print_json, styled
 from toolkit.config import RECIPES, TrainConfig
 
 if TYPE_CHECKING:
@@ -78,7 +79,13 @@ def _run_path(out: Path, name: str | None, arch: str) -> Path:
             f"--name {name!r} must be a plain folder name (no '/', '..' or absolute path), "
             "since the run folder lives in --out"
         )
-    return out / (name or default_run_name(arch))
+    path = out / (name or default_run_name(arch))
+    if path.is_symlink():  # writing through it would put the run outside --out
+        raise ConfigError(
+            f"{path} is a symbolic link; rtk writes run folders only inside --out: remove the "
+            "link or pick another --name"
+        )
+    return path
 
 
 def _default(setting: str) -> str:
@@ -215,7 +222,9 @@ def train(
         None, help=f"Training images held out {_default('val_size')}."
     ),
     data: Path | None = typer.Option(None, help="Dataset path (see `rtk data info`)."),
-    out: Path = typer.Option(Path("runs"), help="Parent folder of run directories."),
+    out: Path | None = typer.Option(
+        None, help="Parent folder of run directories \\[runs].", show_default=False
+    ),
     name: str | None = typer.Option(
         None, help="Run directory name [ARCH-DATE-TIME; with --seeds ARCH-seeds-DATE-TIME]."
     ),
@@ -231,70 +240,14 @@ def train(
 ) -> None:
     """Train architectures with the paper's recipe (or --recipe sgd|seed003|fast); test the best
     weights."""
-    from toolkit.config import parse_seeds
-    from toolkit.models import PAPER, architecture_names, get_architecture
-    from toolkit.training import ConfigError, make_config
-    from toolkit.training.device import check_precision
+    from toolkit.training import ConfigError
 
-    archs = archs or []
-    if resume is None and not archs:
-        raise ConfigError("name an architecture to train (or `all`), or pass --resume RUN_DIR")
-    if resume is not None and archs:
-        raise ConfigError("--resume continues the run's own architecture; name none")
-    seed_list = parse_seeds(seeds) if seeds is not None else None
-    if seed_list is not None and seed is not None:
-        raise ConfigError("--seed and --seeds exclude each other; list every seed in --seeds")
-    all_four = archs == ["all"]  # the paper's models; the seeds' networks are named one by one
-    names = architecture_names(PAPER) if all_four else [get_architecture(a).name for a in archs]
-    overrides = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "patience": patience,
-        "plateau_patience": plateau_patience,
-        "plateau_factor": plateau_factor,
-        "dropout": dropout,
-        "label_smoothing": label_smoothing,
-        "warmup_frac": warmup_frac,
-        "tta": tta,
-        "init": init,
-        "zero_init_residual": zero_init_residual,
-        "translate": translate,
-        "seed": seed,
-        "device": device,
-        "channels_last": channels_last,
-        "compile": compile_model,
-        "amp": amp,
-        "train_subset": train_subset,
-        "val_size": val_size,
-    }
+    overrides = _settings(locals())
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
-    if seed_list is not None and nproc > 1:
-        raise ConfigError("--seeds trains its seeds one after another in one process; drop --nproc")
-    if nproc > 1:
-        if len(names) != 1:
-            raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
-        config = make_config(names[0], recipe or "paper", **overrides)  # once, before torchrun
-        from toolkit.training import resolve_device
-        from toolkit.training.distributed import check_gpus
-
-        check_precision(config)
-
-        if resolve_device(config.device) == "cuda":
-            check_gpus(nproc)  # "invalid device ordinal" in a rank otherwise
-        raise typer.Exit(_launch_torchrun(nproc, _run_path(out, name, names[0])))
-
-    from toolkit.data import load_dataset
-    from toolkit.training import SeedGroup, Trainer, check_dataset, resume_config
-
-    jobs = []  # single runs: (settings, run folder)
-    groups: list[SeedGroup] = []  # seed groups to continue
-    new_groups = []  # seed groups to create: (settings but the seed, group folder, seeds)
     if resume is not None:
-        given = {**overrides, "recipe": recipe, "name": name, "seeds": seeds}
+        given = {**overrides, "recipe": recipe, "name": name, "seeds": seeds, "out": out}
+        given["nproc"] = nproc if nproc > 1 else None  # a resumed run keeps its process count
         flags = ", ".join(
             "--" + k.replace("_", "-") for k, v in given.items() if v is not None and k != "epochs"
         )
@@ -303,42 +256,136 @@ def train(
                 f"--resume continues a run with its own settings; only --epochs may change "
                 f"(got {flags})"
             )
-        if SeedGroup.is_group(resume):
-            if epochs is not None:
-                raise ConfigError(
-                    "--resume of a seed group keeps the settings all its seeds share; "
-                    "--epochs cannot change (train a new group)"
-                )
-            groups.append(SeedGroup.open(resume))
-        else:
-            jobs.append((resume_config(resume, epochs=epochs), resume))
+        if archs:
+            raise ConfigError("--resume continues the run's own architecture; name none")
+        plan = _resume_plan(resume, epochs)
     else:
-        for arch in names:
-            run_name = name if len(names) == 1 else (f"{name}-{arch}" if name else None)
-            config = make_config(arch, recipe or "paper", **overrides)
-            if seed_list is None:
-                jobs.append((config, _run_path(out, run_name, arch)))
-            else:
-                path = _run_path(out, run_name, f"{arch}-seeds")
-                SeedGroup.check_new(path)  # every group, before the first is made
-                new_groups.append((config, path, seed_list))
-        paths = [path for _, path, _ in new_groups]
-        if len(set(paths)) != len(paths):
-            raise ConfigError("two seed groups would share one folder; name each architecture once")
+        where = out or Path("runs")
+        plan = _new_plan(
+            archs or [], recipe, overrides, seeds=seeds, nproc=nproc, out=where, name=name
+        )
+    options = {"tensorboard": tensorboard, "quiet": quiet, "as_json": as_json}
+    _run_plan(plan, data, resuming=resume is not None, **options)
+
+
+# Options named apart from the setting they give (`compile` would shadow the builtin).
+_OPTION_SETTING = {"compile_model": "compile"}
+
+
+def _settings(options: dict[str, object]) -> dict[str, object]:
+    """The command's options that give a ``TrainConfig`` setting, under the setting's name
+    (``None``: not given, the recipe's value holds). Read from the signature itself, so an
+    option is written once; `tests/test_cli.py` checks every option is a setting or known."""
+    settable = {f.name for f in fields(TrainConfig)} - {"arch", "recipe"}
+    named = {_OPTION_SETTING.get(k, k): v for k, v in options.items()}
+    return {k: v for k, v in named.items() if k in settable}
+
+
+@dataclass
+class _Plan:
+    """What one `rtk train` does: single runs, seed groups to continue, seed groups to make."""
+
+    jobs: list[tuple[TrainConfig, Path]] = field(default_factory=list)
+    groups: list[SeedGroup] = field(default_factory=list)
+    new_groups: list[tuple[TrainConfig, Path, list[int]]] = field(default_factory=list)
+
+    @property
+    def configs(self) -> list[TrainConfig]:
+        configs = [c for c, _ in self.jobs] + [c for c, _, _ in self.new_groups]
+        return configs + [g.config(g.seeds[0]) for g in self.groups]
+
+
+def _resume_plan(resume: Path, epochs: int | None) -> _Plan:
+    from toolkit.training import ConfigError, SeedGroup, resume_config
+
+    if not SeedGroup.is_group(resume):
+        return _Plan(jobs=[(resume_config(resume, epochs=epochs), resume)])
+    if epochs is not None:
+        raise ConfigError(
+            "--resume of a seed group keeps the settings all its seeds share; "
+            "--epochs cannot change (train a new group)"
+        )
+    return _Plan(groups=[SeedGroup.open(resume)])
+
+
+def _new_plan(
+    archs: list[str],
+    recipe: str | None,
+    overrides: dict[str, object],
+    *,
+    seeds: str | None,
+    nproc: int,
+    out: Path,
+    name: str | None,
+) -> _Plan:
+    """The runs or seed groups to make, every one checked before the first is made; with
+    ``nproc`` > 1 this process hands the one run to torchrun and exits."""
+    from toolkit.config import parse_seeds
+    from toolkit.models import PAPER, architecture_names, get_architecture
+    from toolkit.training import ConfigError, SeedGroup, make_config
+    from toolkit.training.device import check_precision
+
+    if not archs:
+        raise ConfigError("name an architecture to train (or `all`), or pass --resume RUN_DIR")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    if seed_list is not None and overrides["seed"] is not None:
+        raise ConfigError("--seed and --seeds exclude each other; list every seed in --seeds")
+    all_four = archs == ["all"]  # the paper's models; the seeds' networks are named one by one
+    names = architecture_names(PAPER) if all_four else [get_architecture(a).name for a in archs]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(
+            f"{', '.join(twice)} named more than once; name each architecture once (for several "
+            "runs of one, use --seeds)"
+        )
+    if nproc > 1:
+        if seed_list is not None:
+            raise ConfigError(
+                "--seeds trains its seeds one after another in one process; drop --nproc"
+            )
+        if len(names) != 1:
+            raise ConfigError("--nproc trains one new run at a time; name exactly one architecture")
+        config = make_config(names[0], recipe or "paper", **overrides)  # once, before torchrun
+        from toolkit.training import resolve_device
+        from toolkit.training.distributed import check_gpus
+
+        check_precision(config)
+        if resolve_device(config.device) == "cuda":
+            check_gpus(nproc)  # "invalid device ordinal" in a rank otherwise
+        raise typer.Exit(_launch_torchrun(nproc, _run_path(out, name, names[0])))
+    plan = _Plan()
+    for arch in names:
+        run_name = name if len(names) == 1 else (f"{name}-{arch}" if name else None)
+        config = make_config(arch, recipe or "paper", **overrides)
+        if seed_list is None:
+            plan.jobs.append((config, _run_path(out, run_name, arch)))
+        else:
+            path = _run_path(out, run_name, f"{arch}-seeds")
+            SeedGroup.check_new(path)  # every group, before the first is made
+            plan.new_groups.append((config, path, seed_list))
+    return plan
+
+
+def _run_plan(
+    plan: _Plan, data: Path | None, *, resuming: bool, tensorboard: bool, quiet: bool, as_json: bool
+) -> None:
+    from toolkit.data import load_dataset
+    from toolkit.training import ConfigError, SeedGroup, Trainer, check_dataset
+    from toolkit.training.device import check_precision
+
     # Under torchrun every rank would make the group, and each seed's run ends the process group.
-    if (groups or new_groups) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if (plan.groups or plan.new_groups) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("a seed group trains in one process; run it without torchrun")
-    configs = [c for c, _ in jobs] + [c for c, _, _ in new_groups]
-    configs += [g.config(g.seeds[0]) for g in groups]
-    for config in configs:  # a refused device or precision, before the data is read
-        check_precision(config, resuming=resume is not None)
+    for config in plan.configs:  # a refused device or precision, before the data is read
+        check_precision(config, resuming=resuming)
     dataset = load_dataset(data, announce=notice)
-    for config in configs:  # every job, before the first run folder is made
+    for config in plan.configs:  # every job, before the first run folder is made
         check_dataset(config, classes=len(dataset.classes), train_images=len(dataset.train))
-    for group in groups:
+    for group in plan.groups:
         group.check_data(dataset)
-    for config, path, group_seeds in new_groups:
-        groups.append(SeedGroup.create(path, config, group_seeds, data=str(dataset.source.path)))
+    groups = plan.groups + [
+        SeedGroup.create(path, config, seeds, data=str(dataset.source.path))
+        for config, path, seeds in plan.new_groups
+    ]
     out_console = err_console if as_json else console
     if groups:
         summaries = []
@@ -353,14 +400,15 @@ def train(
             print_json(summaries if len(summaries) > 1 else summaries[0])
         return
     results = []
-    for config, run_path in jobs:
+    main_rank = True
+    for config, run_path in plan.jobs:
         observer, board = _observers(
             run_path, tensorboard=tensorboard, quiet=quiet, out=out_console
         )
-        trainer = Trainer(config, dataset, run_path, observer=observer, resume=resume is not None)
+        trainer = Trainer(config, dataset, run_path, observer=observer, resume=resuming)
         main_rank = trainer.world.is_main
         if main_rank and not quiet:
-            _announce(trainer, run_path, out_console, resuming=resume is not None)
+            _announce(trainer, run_path, out_console, resuming=resuming)
         try:
             result = trainer.run()
         finally:
@@ -369,7 +417,7 @@ def train(
         results.append(result.summary())
         if main_rank and not as_json:
             _print_result(result)
-    if as_json and (not results or trainer.world.is_main):
+    if as_json and main_rank:
         print_json(results if len(results) > 1 else results[0])
 
 
@@ -388,22 +436,27 @@ def _announce(trainer: Trainer, run_path: Path, out: Console, *, resuming: bool)
     config = trainer.config
     where = f", resuming after epoch {trainer.epoch}" if resuming else ""
     out.print(
-        f"[bold]{config.arch}[/] -> {run_path}  ({config.recipe} recipe, "
-        f"{trainer.device} in {trainer.precision.name}, "
-        f"{trainer.world.size} process(es), effective batch "
-        f"{config.batch_size * trainer.world.size}{where})"
+        styled(
+            (config.arch, "bold"),
+            f" -> {run_path}  ({config.recipe} recipe, "
+            f"{trainer.device} in {trainer.precision.name}, "
+            f"{trainer.world.size} process(es), effective batch "
+            f"{config.batch_size * trainer.world.size}{where})",
+        )
     )
 
 
 def _print_result(result: TrainResult) -> None:
     tta = f", {result.test_acc_tta:.2%} with flip TTA" if result.test_acc_tta is not None else ""
     console.print(
-        f"[bold green]{result.arch}[/]: test accuracy {result.test_acc:.2%}{tta} "
-        f"(loss {result.test_loss:.4f}, {result.test_images:,} images, {result.test_precision}) "
-        f"with the weights "
-        f"of epoch {result.best_epoch}; {result.epochs_run} epochs in {result.precision}, "
-        f"{result.train_s / 60:.1f} min{' (early stop)' if result.stopped_early else ''}"
-        f"  -> {result.run_dir}"
+        styled(
+            (result.arch, "bold green"),
+            f": test accuracy {result.test_acc:.2%}{tta} (loss {result.test_loss:.4f}, "
+            f"{result.test_images:,} images, {result.test_precision}) with the weights "
+            f"of epoch {result.best_epoch}; {result.epochs_run} epochs in {result.precision}, "
+            f"{result.train_s / 60:.1f} min{' (early stop)' if result.stopped_early else ''}"
+            f"  -> {result.run_dir}",
+        )
     )
 
 
@@ -419,35 +472,38 @@ def _train_group(
     """Each seed in turn: a finished seed is reused, a started one resumed, the rest trained;
     then the group's summary over its seeds. ``rerun`` continues the job after Ctrl-C."""
     from analysis.seeds import percent, summarize_group
+    from toolkit.fileio import writing
     from toolkit.training import open_run, rerun_on_interrupt
 
     out = err_console if as_json else console
-    for seed in group.seeds:
-        run_path = group.run_path(seed)
-        observer, board = _observers(run_path, tensorboard=tensorboard, quiet=quiet, out=out)
-        action, trainer = open_run(group.config(seed), run_path, dataset, observer=observer)
-        if trainer is None:
+    with writing(group.path):  # one process trains a group: a second is refused
+        for seed in group.seeds:
+            run_path = group.run_path(seed)
+            observer, board = _observers(run_path, tensorboard=tensorboard, quiet=quiet, out=out)
+            action, trainer = open_run(group.config(seed), run_path, dataset, observer=observer)
+            if trainer is None:
+                if not quiet:
+                    reused = f" seed {seed}: finished earlier, reused ({run_path})"
+                    out.print(styled((group.arch, "bold"), reused))
+                continue
             if not quiet:
-                out.print(
-                    f"[bold]{group.arch}[/] seed {seed}: finished earlier, reused ({run_path})"
-                )
-            continue
-        if not quiet:
-            _announce(trainer, run_path, out, resuming=action == "resume")
-        try:
-            with rerun_on_interrupt(run_path, rerun):
-                result = trainer.run()
-        finally:
-            if board is not None:
-                board.close()
-        if not as_json:
-            _print_result(result)
+                _announce(trainer, run_path, out, resuming=action == "resume")
+            try:
+                with rerun_on_interrupt(run_path, rerun):
+                    result = trainer.run()
+            finally:
+                if board is not None:
+                    board.close()
+            if not as_json:
+                _print_result(result)
     summary = summarize_group(group.path)
     if not as_json:
         seeds = ",".join(map(str, summary.seeds))
         for e in summary.estimates:
             console.print(
-                f"[bold green]{summary.arch}[/] over seeds {seeds}: {e.metric} {percent(e)}"
-                f"  -> {summary.group}"
+                styled(
+                    (summary.arch, "bold green"),
+                    f" over seeds {seeds}: {e.metric} {percent(e)}  -> {summary.group}",
+                )
             )
     return summary

@@ -1,7 +1,7 @@
 """Every architecture rtk builds (the paper's four and the seeds' networks), by name from one
 registry."""
 
-from toolkit.models.base import Classifier, WeightLayer, stage_of, start_weights
+from toolkit.models.base import Classifier, WeightLayer, by_stage, stage_of
 from toolkit.models.inference import autocast, batched_logits
 from toolkit.models.registry import (
     CONTROL,
@@ -14,6 +14,7 @@ from toolkit.models.registry import (
     build_model,
     create_model,
     get_architecture,
+    initial_model,
 )
 from toolkit.models.resnet import ResidualBlock, lesioned, residual_blocks
 
@@ -31,10 +32,11 @@ __all__ = [
     "autocast",
     "batched_logits",
     "build_model",
+    "by_stage",
     "create_model",
     "get_architecture",
+    "initial_model",
     "lesioned",
     "residual_blocks",
     "stage_of",
-    "start_weights",
 ]

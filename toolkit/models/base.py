@@ -3,8 +3,9 @@ layers in depth order (which the gradient analysis and the per-layer tables rely
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from toolkit.config import Init
 
 LayerKind = Literal["conv", "shortcut", "linear"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,15 @@ def stage_of(name: str) -> str:
     if parts[0] in ("stages", "blocks") and len(parts) > 1:
         return f"{parts[0][:-1]} {int(parts[1]) + 1}"
     return parts[0]
+
+
+def by_stage(items: Iterable[T], name: Callable[[T], str]) -> dict[str, list[T]]:
+    """``items`` grouped by the part of the network that ``name(item)`` lies in (``stage_of``),
+    parts in the order they first appear, items in their order."""
+    stages: dict[str, list[T]] = {}
+    for item in items:
+        stages.setdefault(stage_of(name(item)), []).append(item)
+    return stages
 
 
 def init_weights(model: nn.Module) -> None:

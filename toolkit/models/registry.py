@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from toolkit.errors import UnknownArchitectureError
-from toolkit.models.base import Classifier
+from toolkit.models.base import Classifier, start_weights
 from toolkit.models.baseline import BaselineCNN
 from toolkit.models.resnet import ResNet
+
+if TYPE_CHECKING:
+    from toolkit.config import Init
 
 MODEL_CLASSES: dict[str, type[Classifier]] = {"ResNet": ResNet, "BaselineCNN": BaselineCNN}
 
@@ -71,6 +76,23 @@ def build_model(model_class: str, kwargs: dict[str, Any]) -> Classifier:
             f"unknown model class {model_class!r}; known: {', '.join(MODEL_CLASSES)}"
         )
     return MODEL_CLASSES[model_class](**kwargs)
+
+
+def initial_model(
+    model_class: str,
+    kwargs: dict[str, Any],
+    *,
+    seed: int,
+    init: Init = "kaiming",
+    zero_init_residual: bool = False,
+) -> Classifier:
+    """The weights a run of ``seed`` starts from. The trainer and every analysis that rebuilds
+    a run's start come here; built on the CPU from the CPU generator, so that a GPU run starts
+    where a CPU run (and the rebuild) would."""
+    torch.manual_seed(seed)
+    model = build_model(model_class, kwargs)
+    start_weights(model, init=init, zero_init_residual=zero_init_residual)
+    return model
 
 
 _REGISTRY: dict[str, Architecture] = {}

@@ -47,17 +47,17 @@ def describe_model(
 def initial_checkpoint(arch_name: str, classes: list[str], *, seed: int = 0) -> dict[str, Any]:
     """A checkpoint of a freshly initialised model: enough to export, bench or test the
     pipeline, where the weights do not matter."""
-    from toolkit.models import get_architecture
+    from toolkit.models import get_architecture, initial_model
 
-    torch.manual_seed(seed)
     arch = get_architecture(arch_name)
+    model = initial_model(arch.model_class, dict(arch.kwargs), seed=seed)
     payload = describe_model(
         arch=arch.name,
         model_class=arch.model_class,
         model_kwargs=dict(arch.kwargs),
         classes=classes,
     )
-    payload.update(epoch=0, state_dict=arch.build().state_dict(), metrics={})
+    payload.update(epoch=0, state_dict=model.state_dict(), metrics={})
     return payload
 
 
@@ -65,10 +65,13 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as a RuntimeError in its C++ words ("[enforce fail at
+        # inline_container.cc] . unexpected pos ..."): say what it means instead.
+        why = exc.strerror if isinstance(exc, OSError) else None
         raise CheckpointError(
-            f"cannot write checkpoint {path} ({exc}); the previous one is intact: "
-            "free disk space and resume"
+            f"cannot write checkpoint {path} ({why or 'the disk is full or refused the write'}); "
+            "the previous one is intact: free disk space and resume"
         ) from exc
 
 
@@ -156,6 +159,21 @@ def _check_model(path: Path, payload: dict[str, Any]) -> None:
             f"{path} names {len(classes) if isinstance(classes, list) else 'no'} classes for "
             f"{arch.num_classes} outputs; use a checkpoint rtk wrote"
         )
+    _check_fields(path, payload)
+
+
+# The fields beyond the model that readers use, and their types (a checkpoint anyone can edit).
+_FIELDS: dict[str, type | tuple[type, ...]] = {"epoch": int, "best_epoch": int, "metrics": dict,
+                                               "config": dict, "kept": str}  # fmt: skip
+
+
+def _check_fields(path: Path, payload: dict[str, Any]) -> None:
+    if not all(isinstance(c, str) for c in payload["classes"]):
+        raise CheckpointError(f"{path} has class names that are not text; use one rtk wrote")
+    for key, kind in _FIELDS.items():
+        value = payload.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise CheckpointError(f"{path} holds a {key} of the wrong type; use one rtk wrote")
 
 
 # How torch's safe loader begins its refusal; the rest of its message advises

@@ -36,10 +36,10 @@ def resolve_device(requested: str) -> str:
 
 # glibc serves every block above its mmap threshold (dynamic, at most 32 MiB) with a fresh
 # mapping and unmaps it on free, so every training step re-faults its large activations page
-# by page: a batch-256 ResNet-18 step here took about 500,000 minor page faults and spent 12% of
-# its CPU time in the kernel. A 1 GiB threshold (and trimming only above 2 GiB) keeps freed
-# blocks in the heap for the next step: +12% ResNet-18 and Mini-ResNet training images/s
-# (benchmarks/cpu_allocator.py). The cost: the process keeps its peak heap until it exits.
+# by page and spends a good share of its CPU time in the kernel. A 1 GiB threshold (and
+# trimming only above 2 GiB) keeps freed blocks in the heap for the next step; the gain is
+# measured by benchmarks/cpu_allocator.py (figures: docs/speed-precision.md). The cost: the
+# process keeps its peak heap until it exits.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 KEEP_FREED_BYTES = 1 << 30
 _TRIM_BYTES = 2**31 - 1  # mallopt takes a C int: 2 GiB itself would wrap to a negative value

@@ -23,12 +23,13 @@ from torch import nn
 from toolkit.config import ConfigError, TrainConfig
 from toolkit.data import Augment, Dataset, TensorLoader
 from toolkit.errors import RtkError
+from toolkit.fileio import FolderLock
 from toolkit.models import (
     Classifier,
     WeightLayer,
     batched_logits,
     get_architecture,
-    start_weights,
+    initial_model,
 )
 from toolkit.models.inference import autocast
 from toolkit.training import distributed
@@ -213,15 +214,16 @@ class Trainer:
         self.amp_dtype = self.precision.dtype
         self.observer = observer if self.world.is_main else None
 
-        torch.manual_seed(config.seed)  # the same initial weights on every rank
         arch = get_architecture(config.arch)
         self.arch = arch
         self.model_kwargs = {**arch.kwargs, "dropout": config.dropout}
-        # Initialised on the CPU, from the CPU generator, so that a GPU run starts from the
-        # weights a CPU run (and the analyses rebuilding them) would.
-        self.model: Classifier = arch.build(**self.model_kwargs)
-        start_weights(self.model, init=config.init, zero_init_residual=config.zero_init_residual)
-        self.model = self.model.to(self.device)
+        self.model: Classifier = initial_model(  # the same initial weights on every rank
+            arch.model_class,
+            self.model_kwargs,
+            seed=config.seed,
+            init=config.init,
+            zero_init_residual=config.zero_init_residual,
+        ).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.layers = self.model.weight_layers()
@@ -234,6 +236,17 @@ class Trainer:
         if not resume:  # after every check above: a refused run leaves no folder behind
             # Only rank 0 writes; the others just know the path.
             self.rundir = RunDir.create(run_path) if self.world.is_main else RunDir(run_path)
+        # One writer per run folder: a second `--resume` of a run in training is refused.
+        self.lock = FolderLock(run_path).acquire() if self.world.is_main else None
+        try:
+            if self.world.is_main and not resume:  # started by another process since the check?
+                RunDir.check_new(run_path)
+            self._set_up(resume)
+        except BaseException:
+            self.release()
+            raise
+
+    def _set_up(self, resume: bool) -> None:
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler(
@@ -249,6 +262,11 @@ class Trainer:
         self.compiled = False  # torch.compile compiles on this process's first training step
         if resume and self.rundir.started:  # else it was killed before its first checkpoint
             self._restore(self.rundir.load_last())
+
+    def release(self) -> None:
+        """Let other processes write the run folder again (``run`` does, when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -415,6 +433,12 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def _run(self) -> TrainResult:
         c = self.config
         stopped_early = self.bad_epochs >= c.patience > 0
         trained = self.epoch > 0 and (stopped_early or self.epoch >= c.epochs)
@@ -428,7 +452,6 @@ class Trainer:
         rng = self._rng_states() if self.epoch == 0 else None
         if self.world.is_main:
             self.rundir.remove_leftovers()
-            self.rundir.clear_metrics()  # stale while training
             self.rundir.write_config(
                 c,
                 device=str(self.device),
@@ -440,6 +463,9 @@ class Trainer:
             if self.epoch == 0:
                 self.rundir.save_last(self._payload(full=True, rng=rng))
             self.rundir.write_history(self.history)
+            # Stale while training further; removed last, so a write refused above (a full
+            # disk, a folder where a file belongs) leaves the finished result as it was.
+            self.rundir.clear_metrics()
         try:
             with _interrupt_as_error(self.rundir), _out_of_memory_as_error(c.batch_size):
                 # A run killed after its last epoch goes straight to the test of its best weights.

@@ -21,7 +21,14 @@ from toolkit import __version__
 from toolkit.config import ConfigError, TrainConfig, config_from_settings
 from toolkit.data import Dataset
 from toolkit.errors import RtkError
-from toolkit.fileio import TEMP_SUFFIX, atomic_path, remove_leftover_temps
+from toolkit.fileio import (
+    LOCK_NAME,
+    TEMP_SUFFIX,
+    FolderLock,
+    atomic_path,
+    parse_json,
+    remove_leftover_temps,
+)
 from toolkit.training.engine import Observer, Trainer, TrainingInterrupted
 from toolkit.training.rundir import RunDir, resume_config
 
@@ -69,7 +76,8 @@ class SeedGroup:
                 f"seed group {path} already exists; pick another --name or continue it with "
                 f"--resume {path}"
             )
-        if path.is_dir() and any(not _manifest_leftover(p) for p in path.iterdir()):
+        left = (p for p in path.iterdir() if p.name != LOCK_NAME) if path.is_dir() else ()
+        if any(not _manifest_leftover(p) for p in left):
             raise SeedGroupError(
                 f"{path} already exists and is not a seed group; pick another --name"
             )
@@ -90,19 +98,24 @@ class SeedGroup:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SeedGroupError(f"cannot create seed group {path} ({exc.strerror})") from exc
-        remove_leftover_temps(group.manifest)
+        with FolderLock(path):
+            cls.check_new(path)  # again: another process may have made it since
+            group._write_manifest(data)
+        return group
+
+    def _write_manifest(self, data: str) -> None:
+        remove_leftover_temps(self.manifest)
         content = {
             "kind": KIND,
-            "arch": group.arch,
-            "seeds": list(seeds),
-            "settings": settings,
+            "arch": self.arch,
+            "seeds": list(self.seeds),
+            "settings": self.settings,
             "data": data,
             "rtk": __version__,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        with atomic_path(group.manifest) as tmp:
+        with atomic_path(self.manifest) as tmp:
             tmp.write_text(json.dumps(content, indent=2) + "\n")
-        return group
 
     @classmethod
     def open(cls, path: Path) -> SeedGroup:
@@ -110,7 +123,7 @@ class SeedGroup:
         if not path.is_dir():
             raise SeedGroupError(f"{path} is not a seed group (no such folder)")
         try:
-            content = json.loads(manifest.read_text())
+            content = parse_json(manifest.read_text())
         except FileNotFoundError as exc:
             raise SeedGroupError(
                 f"{path} has no {cls.MANIFEST}; is it a seed group of `rtk train --seeds`?"
@@ -126,20 +139,22 @@ class SeedGroup:
             or not isinstance(content.get("data"), str)
             or not isinstance(seeds, list)
             or not seeds
-            or not all(isinstance(s, int) and s >= 0 for s in seeds)
+            or not all(type(s) is int and 0 <= s < 2**64 for s in seeds)  # True is no seed
             or len(set(seeds)) != len(seeds)
         ):
             raise SeedGroupError(
                 f"{manifest} is not an rtk seed group manifest (it needs kind, arch, distinct "
                 "seeds, settings and data)"
             )
-        return cls(
+        group = cls(
             path=path,
             arch=content["arch"],
             seeds=tuple(seeds),
             settings=content["settings"],
             data=content["data"],
         )
+        group.config(seeds[0])  # settings of the right types and values, or one line now
+        return group
 
     def check_data(self, dataset: Dataset) -> None:
         """Every seed trains on the same data: a resumed group refuses another dataset."""

@@ -26,7 +26,7 @@ import torchvision
 from toolkit import __version__
 from toolkit.config import ConfigError, TrainConfig, config_from_settings
 from toolkit.errors import RtkError
-from toolkit.fileio import TEMP_SUFFIX, atomic_path, remove_leftover_temps
+from toolkit.fileio import LOCK_NAME, TEMP_SUFFIX, atomic_path, parse_json, remove_leftover_temps
 from toolkit.training.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.training.device import cpu_description
 from toolkit.training.records import EpochRecord, TrainResult
@@ -147,7 +147,9 @@ class RunDir:
         """Fail unless ``path`` can become a new run directory: absent, empty, or a run killed
         before its first checkpoint (nothing trained yet, so it is started afresh)."""
         if path.exists() and not path.is_dir():
-            raise RunDirError(f"{path} is a file, not a run directory; pick another --name")
+            raise RunDirError(
+                f"{path} is a file, not a run directory; move it away or pick another run name"
+            )
         if path.is_dir() and not cls._unstarted(path):
             raise RunDirError(
                 f"run directory {path} already exists; pick another --name or "
@@ -156,7 +158,10 @@ class RunDir:
 
     @classmethod
     def _unstarted(cls, path: Path) -> bool:
-        return all(f.name in cls._BEFORE_FIRST_CHECKPOINT or _leftover(f) for f in path.iterdir())
+        return all(
+            f.name in cls._BEFORE_FIRST_CHECKPOINT or f.name == LOCK_NAME or _leftover(f)
+            for f in path.iterdir()
+        )
 
     @classmethod
     def create(cls, path: Path) -> RunDir:
@@ -165,9 +170,7 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {path} ({exc.strerror})") from exc
-        rundir = cls(path)
-        rundir.remove_leftovers()
-        return rundir
+        return cls(path)  # its leftovers go once the trainer holds the folder's lock
 
     @classmethod
     def resumable(cls, path: Path) -> RunDir:
@@ -176,6 +179,11 @@ class RunDir:
         if not path.is_dir():
             raise RunDirError(f"run directory {path} does not exist; check the --resume path")
         rundir = cls(path)
+        if not rundir.started and rundir.finished:  # starting it afresh would overwrite it
+            raise RunDirError(
+                f"{path} is a finished run without its {cls.LAST} (training state), so it cannot "
+                f"train further; its results stay as they are (train a new run to go on)"
+            )
         if not rundir.started and not (path / cls.CONFIG).is_file():
             raise RunDirError(f"{path} holds no last.pt or config.json; is it an rtk run?")
         return rundir
@@ -246,9 +254,9 @@ class RunDir:
             settings, where = dict(self.read_config()["settings"]), self.path / self.CONFIG
         if not settings:
             raise ConfigError(f"{where} holds no training settings; cannot resume")
-        if epochs is not None:
-            settings["epochs"] = epochs
-        return config_from_settings(settings, where=where)
+        config = config_from_settings(settings, where=where)
+        # --epochs is the user's flag, checked as one (not blamed on the file)
+        return config if epochs is None else dataclasses.replace(config, epochs=epochs).validate()
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -301,7 +309,7 @@ class RunDir:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = parse_json(line)
             except ValueError:
                 row = None
             if not isinstance(row, dict) or any(k not in row for k in SCALAR_COLUMNS):
@@ -332,12 +340,15 @@ class RunDir:
         ):
             return None
         try:
-            stored = json.loads(path.read_text())
-            predicted = [int(p) for p in stored["predicted"]]
+            stored = parse_json(path.read_text())
+            predicted = stored["predicted"]
+            classes = len(stored["classes"])
         except (OSError, ValueError, KeyError, TypeError):
             return None  # unreadable: the caller predicts afresh
         if stored.get("source") != source or len(predicted) != images:
             return None
+        if not all(type(p) is int and 0 <= p < classes for p in predicted):
+            return None  # edited or foreign: a class that does not exist
         return predicted
 
     def clear_metrics(self) -> None:
@@ -362,7 +373,7 @@ class RunDir:
     def _read_json(self, name: str, hint: str) -> Any:
         path = self.path / name
         try:
-            return json.loads(path.read_text())
+            return parse_json(path.read_text())
         except FileNotFoundError as exc:
             raise RunDirError(f"{self.path} has no {name}; {hint}") from exc
         except (OSError, ValueError) as exc:
