@@ -35,3 +35,25 @@ def test_every_record_reads_back_through_the_reports(folder: Path):
     assert shown.exit_code == 0, shown.output
     for row in rows:
         assert f"{row.test_acc:.2%}" in shown.stdout
+
+
+def test_the_seed_groups_still_training_are_the_fast_budgets_and_resume():
+    """results/fast-seeds holds the seed groups issue 27 trains a seed at a time, on whatever
+    machine a session gets: `rtk train --resume` on a copy reuses the finished seeds (records
+    only) and trains the rest, under the fast budget's settings for the model."""
+    from analysis.reproduce import BUDGETS, budget_config
+    from toolkit.config import differing_settings
+    from toolkit.training import SeedGroup
+
+    groups = sorted((RESULTS / "fast-seeds").iterdir())
+    assert groups
+    for path in groups:
+        group = SeedGroup.open(path)
+        wanted = budget_config(group.arch, BUDGETS["fast"])
+        assert group.config(0).to_dict() == {**wanted.to_dict(), "seed": 0}, path
+        finished = [s for s in group.seeds if RunDir(group.run_path(s)).finished]
+        assert finished, path
+        for seed in finished:
+            settings = RunDir.open(group.run_path(seed)).read_config()["settings"]
+            budget = {**wanted.to_dict(), "seed": seed}
+            assert not differing_settings(settings, budget, where=(path, "budget")), (path, seed)
