@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import onnx
 import torch
@@ -30,6 +31,7 @@ from analysis.latency import (
     LatencyStats,
     Machine,
     bench_onnx,
+    bench_openvino,
     bench_torch,
     cpu_model,
     matmul_gflops,
@@ -38,8 +40,15 @@ from analysis.params import count_macs
 from analysis.verdicts import Verdict
 from exporters import metadata
 from exporters.errors import ExportError
+from exporters.openvino import PERFORMANCE_HINT, OVPrecision, compile_verified
 from exporters.quantize import tensorrt_qdq_problem
-from exporters.runtime import PROVIDERS, Provider, ProviderUnavailableError, SessionInfo
+from exporters.runtime import (
+    PROVIDERS,
+    Provider,
+    ProviderUnavailableError,
+    SessionInfo,
+    create_session,
+)
 from toolkit.errors import OutputError, RtkError, UnknownArchitectureError
 from toolkit.fileio import TEMP_SUFFIX, atomic_path, parse_json
 from toolkit.models import Architecture, create_model, get_architecture
@@ -69,6 +78,8 @@ class BenchSettings:
     tensorrt_cache: Path | None = None  # TensorRT engines and timing caches, one folder per model
     compare_torch: bool = True  # time PyTorch eager beside each fp32 model
     channels_last: bool = False  # PyTorch eager in channels_last
+    runtimes: tuple[Runtime, ...] = ("ort",)  # which runtimes time the ONNX files
+    bf16: bool = False  # OpenVINO: also time each fp32 file in bf16 (native bf16 CPUs only)
 
 
 @dataclass(frozen=True)
@@ -80,12 +91,16 @@ class BenchReport:
     threads: int | None
     io_binding: bool  # GPU rows timed with inputs and outputs on the device
     cpu_fallback: bool  # some ORT rows ran nodes on the CPU (--allow-cpu-fallback; rows say which)
+    runtimes: tuple[str, ...]
+    openvino: str | None  # OpenVINO's settings, where it ran: its hint, streams, threads
     fp32_ceiling_gflops: float | None
     rows: list[BenchRow]
     verdicts: list[Verdict]
     notes: list[str]
 
 
+Runtime = Literal["ort", "openvino"]
+RUNTIMES: tuple[Runtime, ...] = ("ort", "openvino")
 RowKey = tuple[str, str, str, str, int]  # model, precision, engine, provider, batch
 
 
@@ -210,17 +225,26 @@ def resolve_targets(
 MAX_INPUT_BYTES = 2**31  # the largest timed input batch; the model's activations come on top
 
 
-def run_bench(
-    targets: list[BenchTarget], *, settings: BenchSettings, notes: list[str]
-) -> BenchReport:
-    import onnxruntime as ort
+def openvino_precisions(target: BenchTarget, *, bf16: bool) -> list[OVPrecision]:
+    """The precisions OpenVINO times a file in: an fp32 file in fp32 (and bf16 when asked), an
+    int8 file in int8. An fp16 file is none: OpenVINO's CPU plugin computes it in fp32 or bf16,
+    so its row would name a precision that did not run."""
+    if target.precision == "fp32":
+        return ["fp32", *(["bf16"] if bf16 else [])]  # type: ignore[list-item]
+    return ["int8"] if target.precision == "int8" else []
 
-    from exporters.runtime import create_session
 
-    provider, threads = settings.provider, settings.threads
-    compare_torch, channels_last = settings.compare_torch, settings.channels_last
-
-    io_binding = settings.io_binding and provider != "cpu"
+def _check_settings(targets: list[BenchTarget], settings: BenchSettings) -> None:
+    """Everything that can be refused is refused before the first timed call."""
+    if not settings.runtimes:
+        raise RtkError("no runtime to bench: give --runtime ort, openvino or both")
+    if "openvino" in settings.runtimes and settings.provider != "cpu":
+        raise RtkError(
+            f"OpenVINO runs on the CPU here, not on {settings.provider}: bench --runtime ort "
+            "with --provider cuda or tensorrt, and OpenVINO with --provider cpu"
+        )
+    if settings.bf16 and "openvino" not in settings.runtimes:
+        raise RtkError("--bf16 times OpenVINO's bf16: add --runtime openvino")
     for target in targets:  # every timed batch is allocated, from --input-shape or the graph
         size = 4 * max(settings.batch_sizes) * math.prod(target.input_shape)  # float32 bytes
         if size > MAX_INPUT_BYTES:
@@ -230,36 +254,110 @@ def run_bench(
                 f"rtk bench's {MAX_INPUT_BYTES // 2**30} GiB cap; give smaller --batch-sizes "
                 "(or --input-shape, for a model with dynamic sizes)"
             )
-    caches = {t.onnx_path: _tensorrt_cache(t.onnx_path, settings) for t in targets}
-    # Refuse an unavailable provider (or a CPU fallback not allowed) before anything is timed,
-    # so no CPU number is ever measured (let alone recorded) under a GPU label.
+
+
+def _open_sessions(
+    targets: list[BenchTarget], settings: BenchSettings, caches: dict[Path, Path | None]
+) -> None:
+    """Open every session the run will time, once, so that an unavailable provider, a CPU
+    fallback not allowed or a precision that would not run is refused before anything is
+    timed: no CPU number is ever measured (let alone recorded) under another label."""
+    provider = settings.provider
     for target in targets:
-        problem = tensorrt_qdq_problem(_load(target.onnx_path)) if provider == "tensorrt" else None
-        if problem is not None:
-            raise ProviderUnavailableError(
-                f"{target.onnx_path} is not quantized for TensorRT ({problem}); TensorRT takes "
-                "only symmetric signed int8 Q/DQ: export it with `rtk export RUN --onnx --int8 "
-                "--int8-for tensorrt`"
+        if "ort" in settings.runtimes:
+            problem = (
+                tensorrt_qdq_problem(_load(target.onnx_path)) if provider == "tensorrt" else None
             )
-        create_session(
-            target.onnx_path,
-            provider,
-            threads=threads,
-            precision=target.precision,
-            tensorrt_cache=caches[target.onnx_path],
-            allow_cpu_fallback=settings.allow_cpu_fallback,
-        )
+            if problem is not None:
+                raise ProviderUnavailableError(
+                    f"{target.onnx_path} is not quantized for TensorRT ({problem}); TensorRT "
+                    "takes only symmetric signed int8 Q/DQ: export it with `rtk export RUN "
+                    "--onnx --int8 --int8-for tensorrt`"
+                )
+            create_session(
+                target.onnx_path,
+                provider,
+                threads=settings.threads,
+                precision=target.precision,
+                tensorrt_cache=caches[target.onnx_path],
+                allow_cpu_fallback=settings.allow_cpu_fallback,
+            )
+        if "openvino" in settings.runtimes:
+            for precision in openvino_precisions(target, bf16=settings.bf16):
+                compile_verified(
+                    target.onnx_path, batch=1, precision=precision, threads=settings.threads
+                )
+
+
+def _row(
+    target: BenchTarget,
+    precision: str,
+    engine: str,
+    provider: str,
+    stats: LatencyStats,
+    eager: LatencyStats | None,
+    detail: str,
+) -> BenchRow:
+    """A runtime's row, with its speed-up over PyTorch eager at the same batch."""
+    return BenchRow(
+        model=target.name,
+        arch=target.arch,
+        precision=precision,
+        engine=engine,
+        provider=provider,
+        stats=stats,
+        speedup_vs_eager=eager.mean_ms / stats.mean_ms if eager is not None else None,
+        gflops=_gflops(target, stats),
+        detail=detail,
+    )
+
+
+def _against_ort_fp32(rows: list[BenchRow]) -> list[BenchRow]:
+    """Each row's speed-up over ONNX Runtime fp32 on the same model and batch, where timed."""
+    reference = {
+        (r.model, r.stats.batch): r.stats.mean_ms
+        for r in rows
+        if r.engine == "onnxruntime" and r.precision == "fp32"
+    }
+    return [
+        dataclasses.replace(r, vs_ort_fp32=reference[key] / r.stats.mean_ms)
+        if (key := (r.model, r.stats.batch)) in reference
+        else r
+        for r in rows
+    ]
+
+
+def run_bench(
+    targets: list[BenchTarget], *, settings: BenchSettings, notes: list[str]
+) -> BenchReport:
+    import onnxruntime as ort
+
+    provider, threads = settings.provider, settings.threads
+    compare_torch, channels_last = settings.compare_torch, settings.channels_last
+    io_binding = settings.io_binding and provider != "cpu"
+    _check_settings(targets, settings)
+    caches = {t.onnx_path: _tensorrt_cache(t.onnx_path, settings) for t in targets}
+    _open_sessions(targets, settings, caches)
     if provider != "cpu" and compare_torch and not torch.cuda.is_available():
         raise ProviderUnavailableError(
-            f"ONNX Runtime runs {provider}, but PyTorch sees no CUDA for the eager comparison; "
-            "pass --no-compare-torch or install a CUDA build of PyTorch"
+            f"ONNX Runtime runs {provider}, but PyTorch sees no CUDA for the eager "
+            "comparison; pass --no-compare-torch or install a CUDA build of PyTorch"
         )
+    if "openvino" in settings.runtimes:
+        notes += [
+            f"{t.name}: OpenVINO times no fp16 file (its CPU plugin computes one in fp32 or "
+            "bf16); see the fp32 file's bf16 row (--bf16)"
+            for t in targets
+            if not openvino_precisions(t, bf16=settings.bf16)
+        ]
     if threads is not None:
         torch.set_num_threads(threads)
     device = "cuda" if provider in ("cuda", "tensorrt") else "cpu"
+    timing = {"warmup": settings.warmup, "iters": settings.iters, "seconds": settings.seconds}
     rows: list[BenchRow] = []
     running = ""
     cpu_fallback = False
+    ov_version: str | None = None
     for target in targets:
         for batch in settings.batch_sizes:
             eager: LatencyStats | None = None
@@ -270,33 +368,39 @@ def run_bench(
                     batch,
                     device=device,
                     input_shape=target.input_shape,
-                    warmup=settings.warmup,
-                    iters=settings.iters,
-                    seconds=settings.seconds,
                     channels_last=channels_last,
+                    **timing,  # type: ignore[arg-type]
                 )
-            stats, info = bench_onnx(
-                target,
-                batch,
-                provider=provider,
-                threads=threads,
-                warmup=settings.warmup,
-                iters=settings.iters,
-                seconds=settings.seconds,
-                io_binding=io_binding,
-                tensorrt_cache=caches[target.onnx_path],
-                allow_cpu_fallback=settings.allow_cpu_fallback,
-            )
-            running = info.running
-            cpu_fallback |= info.cpu_fallback
-            speedup = eager.mean_ms / stats.mean_ms if eager is not None else None
-            ort_row = BenchRow(
-                target.name, target.arch, target.precision, "onnxruntime", info.label, stats,
-                speedup,
-                _gflops(target, stats),
-                row_detail(info, target.precision, io_binding=io_binding),
-            )  # fmt: skip
-            rows.append(ort_row)
+
+            if "ort" in settings.runtimes:
+                stats, info = bench_onnx(
+                    target,
+                    batch,
+                    provider=provider,
+                    threads=threads,
+                    io_binding=io_binding,
+                    tensorrt_cache=caches[target.onnx_path],
+                    allow_cpu_fallback=settings.allow_cpu_fallback,
+                    **timing,  # type: ignore[arg-type]
+                )
+                running = info.running
+                cpu_fallback |= info.cpu_fallback
+                detail = row_detail(info, target.precision, io_binding=io_binding)
+                rows.append(
+                    _row(target, target.precision, "onnxruntime", info.label, stats, eager, detail)
+                )
+            if "openvino" in settings.runtimes:
+                for precision in openvino_precisions(target, bf16=settings.bf16):
+                    stats, ov = bench_openvino(
+                        target,
+                        batch,
+                        precision=precision,
+                        threads=threads,
+                        **timing,  # type: ignore[arg-type]
+                    )
+                    ov_version = ov.version
+                    detail = f"ran: {ov.label}"
+                    rows.append(_row(target, precision, "openvino", "CPU", stats, eager, detail))
             if eager is not None:
                 label = "torch-eager" + (" channels_last" if channels_last else "")
                 eager_row = BenchRow(
@@ -312,6 +416,7 @@ def run_bench(
         device=torch.cuda.get_device_name() if device == "cuda" else cpu_model(),
         ort_version=ort.__version__,
         torch_version=torch.__version__,
+        openvino_version=ov_version,
     )
     return BenchReport(
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -321,8 +426,15 @@ def run_bench(
         threads=threads,
         io_binding=io_binding,
         cpu_fallback=cpu_fallback,
+        runtimes=settings.runtimes,
+        openvino=(
+            f"precision hint as each row says (f32 for fp32 and int8 rows), performance hint "
+            f"{PERFORMANCE_HINT}, 1 stream, threads {threads or 'default'}, batch fixed at compile"
+            if ov_version
+            else None
+        ),
         fp32_ceiling_gflops=ceiling,
-        rows=rows,
+        rows=_against_ort_fp32(rows),
         verdicts=[latency_claim(rows, provider)],
         notes=notes,
     )
@@ -432,13 +544,15 @@ def _csv_text(report: BenchReport) -> str:
     writer = csv.writer(text)
     stat_fields = [f.name for f in dataclasses.fields(LatencyStats)]
     writer.writerow(
-        ["model", "precision", "engine", "provider", *stat_fields, "speedup_vs_eager", "detail"]
-    )
+        ["model", "precision", "engine", "provider", *stat_fields, "speedup_vs_eager",
+         "vs_ort_fp32", "detail"]
+    )  # fmt: skip
     for r in report.rows:
         values = [getattr(r.stats, f) for f in stat_fields]
         writer.writerow(
-            [r.model, r.precision, r.engine, r.provider, *values, r.speedup_vs_eager, r.detail]
-        )
+            [r.model, r.precision, r.engine, r.provider, *values, r.speedup_vs_eager,
+             r.vs_ort_fp32, r.detail]
+        )  # fmt: skip
     return text.getvalue()
 
 

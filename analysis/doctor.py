@@ -29,7 +29,7 @@ MATMUL_REPEATS = 2  # keeps the measurement under a second on two AVX2 cores
 
 @dataclass(frozen=True)
 class Check:
-    section: str  # cpu, torch, onnxruntime, view, data
+    section: str  # cpu, torch, onnxruntime, openvino, view, data
     name: str  # unique within a report
     status: Status
     detail: str
@@ -49,6 +49,7 @@ def diagnose() -> DoctorReport:
         ("cpu", cpu_checks),
         ("torch", torch_checks),
         ("onnxruntime", onnxruntime_checks),
+        ("openvino", openvino_checks),
         ("view", view_checks),
         ("data", data_checks),
     ]
@@ -309,6 +310,27 @@ def onnxruntime_checks() -> list[Check]:
             detail = probe.reason
         checks.append(Check("onnxruntime", f"ORT {name}", status, detail))
     checks.append(_tensorrt_check(ort))
+    return checks
+
+
+OPENVINO_PRECISIONS = ("FP32", "BF16", "INT8")  # what `rtk bench --runtime openvino` can time
+
+
+def openvino_checks() -> list[Check]:
+    """OpenVINO's CPU plugin and the precisions it says this CPU computes natively: a bf16 row
+    of `rtk bench --runtime openvino --bf16` is refused where BF16 is missing."""
+    from exporters.openvino import cpu_capabilities, version
+
+    listed = cpu_capabilities()
+    checks = [
+        Check("openvino", "OpenVINO", "ok", f"{version()}, CPU plugin lists {', '.join(listed)}")
+    ]
+    for precision in OPENVINO_PRECISIONS:
+        there = precision in listed
+        detail = "native on this CPU" if there else "not native here: rtk bench refuses its rows"
+        checks.append(
+            Check("openvino", f"OpenVINO {precision}", "ok" if there else "missing", detail)
+        )
     return checks
 
 

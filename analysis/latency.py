@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exporters.openvino import OVInfo, OVPrecision, compile_verified
 from exporters.runtime import Provider, SessionInfo, create_session
 
 
@@ -37,12 +38,15 @@ class BenchRow:
     model: str
     arch: str | None  # the rtk architecture, where the model says (claims group by it)
     precision: str
-    engine: str  # "onnxruntime" or "torch-eager"
+    engine: str  # "onnxruntime", "openvino" or "torch-eager"
     provider: str  # the provider/device that actually ran, verified
     stats: LatencyStats
-    speedup_vs_eager: float | None = None  # ORT rows: eager mean / ORT mean, same batch
+    speedup_vs_eager: float | None = None  # eager mean / this row's mean, same model and batch
     gflops: float | None = None  # achieved: 2 x MACs x images/s, where the MACs are known
     detail: str = ""  # what the numbers mean beyond the columns (io-binding, fallbacks, ...)
+    # ONNX Runtime fp32's mean / this row's, same model and batch: the reference every CPU
+    # precision and runtime is measured against (issue 29's goals are ratios to it)
+    vs_ort_fp32: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Machine:
     device: str
     ort_version: str
     torch_version: str
+    openvino_version: str | None = None  # when OpenVINO ran
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,30 @@ def bench_onnx(
             return None
 
     times = time_calls(call, warmup=warmup, iters=iters, seconds=seconds, sync=sync)
+    return stats_from(times, batch), info
+
+
+def bench_openvino(
+    target: BenchTarget,
+    batch: int,
+    *,
+    precision: OVPrecision,
+    threads: int | None,
+    warmup: int,
+    iters: int | None,
+    seconds: float | None,
+) -> tuple[LatencyStats, OVInfo]:
+    """One synchronous request per call, the batch fixed at compile time."""
+    compiled, info = compile_verified(
+        target.onnx_path, batch=batch, precision=precision, threads=threads
+    )
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal((batch, *target.input_shape)).astype(np.float32)
+
+    def call() -> object:
+        return request.infer({0: x})
+
+    times = time_calls(call, warmup=warmup, iters=iters, seconds=seconds)
     return stats_from(times, batch), info
 
 

@@ -19,6 +19,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.claims import claims_markdown, record_claims
 from analysis.report import (
     ablation_markdown,
     ablation_rows,
@@ -32,7 +33,7 @@ from toolkit.training import RunDir, SeedGroup
 OPEN = re.compile(r"^<!-- rtk report (?P<command>.+?) -->$")
 CLOSE = "<!-- /rtk -->"
 # The reports a block may name, each with the options it takes.
-REPORTS = {"compare": {"--ablation"}}
+REPORTS = {"compare": {"--ablation"}, "claims": set()}
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,11 @@ class Refresh:
         return [b for b in self.blocks if b.stale]
 
 
-def _paths(base: Path, names: list[str]) -> list[Path]:
+def record_paths(paths: list[Path]) -> list[Path]:
+    """Runs and seed groups as given; any other folder stands for every finished run and
+    complete seed group under it."""
     runs: list[Path] = []
-    for name in names:
-        path = base / name
+    for path in paths:
         if not path.is_dir():
             raise SourceError(f"{path} is not a folder of run records")
         # A run or a seed group is itself; any other folder stands for every run under it.
@@ -76,7 +78,9 @@ def render(command: str, base: Path) -> str:
     options = {a for a in args if a.startswith("--")}
     if unknown := options - REPORTS[report]:
         raise SourceError(f"rtk report {report} in a results block takes no {sorted(unknown)}")
-    runs = _paths(base, [a for a in args if not a.startswith("--")])
+    runs = record_paths([base / a for a in args if not a.startswith("--")])
+    if report == "claims":
+        return claims_markdown(record_claims(runs))
     if "--ablation" in options:
         return ablation_markdown(ablation_rows(runs))
     return table_markdown(compare_runs(runs, skip_others=True))

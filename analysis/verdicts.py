@@ -45,6 +45,15 @@ def judge_interval(
     return "inconclusive"
 
 
+def both(first: Judgement, second: Judgement) -> Judgement:
+    """A claim of two parts: it fails when either part fails, stays open when either is open or
+    unmeasured, and holds only when both hold."""
+    for outcome in ("not supported", "not measured", "inconclusive"):
+        if outcome in (first, second):
+            return outcome  # type: ignore[return-value]
+    return "supported"
+
+
 _INTERVAL_RULE = (
     "rule: supported when the whole {confidence:.0%} interval of the paired difference is above "
     "0, not supported when wholly below, inconclusive when it holds 0 or there is one seed"

@@ -39,7 +39,7 @@ def test_every_section_reports_once_and_none_broke(report: DoctorReport):
     names = [check.name for check in report.checks]
     assert len(names) == len(set(names))
     sections = {check.section for check in report.checks}
-    assert sections == {"cpu", "torch", "onnxruntime", "view", "data"}
+    assert sections == {"cpu", "torch", "onnxruntime", "openvino", "view", "data"}
     assert not sections & set(names)  # a group that raised is reported under its own name
     rows = by_name(report)
     assert rows["PyTorch"].detail.startswith(torch.__version__)

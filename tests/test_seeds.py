@@ -251,6 +251,73 @@ def test_analyses_name_a_seed_run_by_its_group(trained: Trained):
     assert labels == ["g-mini-resnet/seed-0", "plain"]  # a lone run keeps its folder's name
 
 
+def _mean_curve(group: Path, seeds: tuple[int, ...]) -> list[float]:
+    rows = [_history(group / f"seed-{s}") for s in seeds]
+    return [sum(r[i]["val_acc"] for r in rows) / len(rows) for i in range(len(rows[0]))]
+
+
+def _first_layer_flow(group: Path, seeds: tuple[int, ...]) -> float:
+    """The first layer's gradient norm as each seed's history.jsonl recorded it, averaged
+    over epochs, then seeds."""
+    per_seed = []
+    for seed in seeds:
+        norms = [r["grad_norms"] for r in _history(group / f"seed-{seed}")]
+        first = next(iter(norms[0]))
+        per_seed.append(sum(n[first] for n in norms) / len(norms))
+    return sum(per_seed) / len(per_seed)
+
+
+def test_report_claims_judges_the_papers_claims_from_seed_groups(trained: Trained, tmp_path: Path):
+    """The README's claims come from committed records: claims 1, 2, 4 and 5(ii) and each
+    residual/plain pair, judged on paired intervals over seeds, the gradient half of claim 4 on
+    the norms training recorded."""
+    where = ["--data", trained.data, "--out", tmp_path]
+    pair = _rtk("train", "resnet18", "resnet18-noskip", "--seeds", "0,1,2", *QUICK, "--epochs",
+                "1", *where, "--name", "r")  # fmt: skip
+    assert pair.exit_code == 0, pair.output
+    skip, plain = tmp_path / "r-resnet18", tmp_path / "r-resnet18-noskip"
+    groups = [trained.runs / "g-baseline-cnn", trained.runs / "g-mini-resnet", skip, plain]
+    result = _rtk("report", "claims", *groups, "--json")
+    assert result.exit_code == 0, result.output
+    verdicts = {v["claim"].split(" ")[0]: v for v in json.loads(result.stdout)}
+    assert set(verdicts) >= {"1.", "2.", "4.", "5(ii).", "resnet18", "the"}
+    seeds = (0, 1, 2)
+    # Claim 4: the accuracy half is `rtk report seeds`' paired verdict; the gradient half
+    # compares the first layer's recorded norms.
+    said = json.loads(_rtk("report", "seeds", skip, plain, "--json").stdout)["verdicts"][0]
+    flows = _first_layer_flow(plain, seeds), _first_layer_flow(skip, seeds)
+    ablation = verdicts["4."]
+    assert "paired by seed" in ablation["evidence"] and "n = 3" in ablation["evidence"]
+    assert f"{flows[0]:.3g} without skips vs {flows[1]:.3g} with" in ablation["evidence"]
+    if said["verdict"] == "not supported" or flows[0] >= flows[1]:
+        assert ablation["verdict"] == "not supported"
+    elif said["verdict"] == "supported":
+        assert ablation["verdict"] in ("supported", "inconclusive")
+    # The pair on its own: the very verdict `rtk report seeds` gives.
+    assert verdicts["resnet18"]["verdict"] == said["verdict"]
+    # Claim 2: each residual network against its plain twin on the mean curves over seeds.
+    curves = {g.name: _mean_curve(g, seeds) for g in groups}
+    ahead = sum(a > b for a, b in zip(curves[skip.name], curves[plain.name], strict=False))
+    assert f"resnet18 ahead of resnet18-noskip in {ahead}/1 epochs" in verdicts["2."]["evidence"]
+    mini, base = curves["g-mini-resnet"], curves["g-baseline-cnn"]
+    ahead = sum(a > b for a, b in zip(mini, base, strict=True))
+    assert f"mini-resnet ahead of baseline-cnn in {ahead}/2 epochs" in verdicts["2."]["evidence"]
+    # Claim 1's lead over the baseline: paired by seed, with an interval.
+    assert "ResNet-18 - baseline, paired by seed:" in verdicts["1."]["evidence"]
+    # A results block writes the same verdicts into Markdown.
+    page = tmp_path / "claims.md"
+    names = " ".join(str(g) for g in groups)
+    page.write_text(f"<!-- rtk report claims {names} -->\n<!-- /rtk -->\n")
+    assert _rtk("report", "refresh", page).exit_code == 0
+    text = page.read_text()
+    for v in verdicts.values():
+        assert f"| {v['claim']} | **{v['verdict']}** |" in text
+    # One run or group per model: a second one is refused in one line.
+    twice = _rtk("report", "claims", *groups, trained.runs / "plain")
+    assert twice.exit_code == 2 and "are both baseline-cnn" in twice.stderr
+    assert "Traceback" not in twice.output
+
+
 def test_a_seed_trained_under_other_settings_is_refused(trained: Trained, tmp_path: Path):
     copy = shutil.copytree(trained.runs / "g-baseline-cnn", tmp_path / "g")
     config = json.loads((copy / "seed-2" / "config.json").read_text())

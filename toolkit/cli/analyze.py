@@ -531,3 +531,34 @@ def seeds(
         console.print(f"{d.metric}, {p.first} minus {p.second} (pt): {per_seed}")
         console.print(f"  paired difference: {percent(d, difference=True)}")
         console.print(styled((v.claim, "bold"), f": {v.verdict}"))
+
+
+@report_app.command("claims")
+def claims(
+    runs: list[Path] = typer.Argument(
+        ...,
+        help="Runs or seed groups, one per Table I model (a folder stands for every run and "
+        "group under it).",
+    ),
+    markdown: Path | None = typer.Option(None, help="Also write the verdicts as Markdown here."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The paper's claims that run records decide (1, 2, 4 and 5(ii)), each residual network
+    against its plain twin, and where the Mini-ResNet's lead comes from: a verdict each, on the
+    paired 95% interval where both sides are seed groups. Claims 3, 5(i) and 5(iii) need weights
+    or a benchmark: `rtk reproduce` judges them."""
+    from analysis.claims import claims_markdown, record_claims
+    from analysis.records import record_paths
+
+    verdicts = record_claims(record_paths(runs))
+    if markdown is not None:
+        from toolkit.fileio import atomic_path
+
+        with atomic_path(markdown) as tmp:
+            tmp.write_text(claims_markdown(verdicts))
+        notice(f"wrote {markdown}")
+    if as_json:
+        print_json(verdicts)
+        return
+    for verdict in verdicts:
+        _print_verdict(verdict)

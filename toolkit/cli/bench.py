@@ -86,6 +86,17 @@ def inference(
         help="cuda/tensorrt: bench even when ONNX Runtime leaves nodes to the CPU (the rows "
         "say so); refused otherwise.",
     ),
+    runtime: str = typer.Option(
+        "ort",
+        help="Runtimes that time the ONNX files, comma-separated: ort (ONNX Runtime), openvino "
+        "(CPU; its precision read back from the compiled model); PyTorch eager is timed beside "
+        "them unless --no-compare-torch.",
+    ),
+    bf16: bool = typer.Option(
+        False,
+        "--bf16",
+        help="OpenVINO: also time each fp32 file in bf16 (refused on a CPU without native bf16).",
+    ),
     compare_torch: bool = typer.Option(True, help="Time PyTorch eager in the same run."),
     channels_last: bool = typer.Option(False, help="PyTorch eager in channels_last."),
     input_shape: str | None = typer.Option(None, help="C,H,W for models with dynamic sizes."),
@@ -102,7 +113,8 @@ def inference(
         "the same row of --baseline.",
     ),
 ) -> None:
-    """Benchmark inference with ONNX Runtime beside PyTorch eager, and judge claim (iii)."""
+    """Benchmark inference with ONNX Runtime (and OpenVINO) beside PyTorch eager, and judge
+    claim (iii)."""
     from toolkit.errors import RtkError
 
     models = models or []
@@ -122,6 +134,7 @@ def inference(
     if max_regression is not None and not 0 <= max_regression < math.inf:
         raise RtkError(f"--max-regression is a percentage of 0 or more, got {max_regression}")
     from analysis.bench import (
+        RUNTIMES,
         BenchSettings,
         latency_regressions,
         load_baseline,
@@ -130,6 +143,11 @@ def inference(
         save_report,
     )
 
+    chosen = [r.strip() for r in runtime.split(",") if r.strip()]
+    if not chosen or set(chosen) - set(RUNTIMES) or len(set(chosen)) < len(chosen):
+        raise RtkError(
+            f"--runtime takes {' and '.join(RUNTIMES)}, each once, comma-separated; got {runtime!r}"
+        )
     # The baseline is checked before anything is timed: a typo should not cost a benchmark.
     old = load_baseline(baseline) if baseline is not None else None
     settings = BenchSettings(
@@ -145,6 +163,8 @@ def inference(
         tensorrt_cache=runs / "bench" / "tensorrt-cache",
         compare_torch=compare_torch,
         channels_last=channels_last,
+        runtimes=tuple(chosen),  # type: ignore[arg-type]
+        bf16=bf16,
     )
     shape = tuple(_ints(input_shape, "--input-shape")) if input_shape else None
     if shape is not None and len(shape) != 3:
@@ -183,22 +203,35 @@ def _print_report(report: BenchReport) -> None:
     gpu = report.provider != "cpu"
     data = "on the device (io-binding)" if report.io_binding else "host copies timed"
     checked = "some nodes on the CPU, allowed: see the rows" if report.cpu_fallback else "verified"
-    console.print(
-        styled(
+    ort = (
+        (
             f"ONNX Runtime {m.ort_version} on ",
             (report.running, "bold"),
-            f" (asked: {report.provider}, {checked}) | torch {m.torch_version} | {m.device} | "
+            f" (asked: {report.provider}, {checked}) | ",
+        )
+        if "ort" in report.runtimes
+        else ()
+    )
+    console.print(
+        styled(
+            *ort,
+            f"torch {m.torch_version} | {m.device} | "
             f"threads: {report.threads or 'default'} (torch {m.torch_threads})"
             + (f" | inputs and outputs {data}" if gpu else ""),
         ),
         soft_wrap=True,  # one line, as logs and greps read it
     )
+    if report.openvino:
+        console.print(
+            f"OpenVINO {m.openvino_version} on the CPU: {report.openvino}", soft_wrap=True
+        )
     table = Table(title="Inference latency (ms per batch; warm-up excluded)")
     for column in ("model", "precision", "engine", "batch", "p50", "p90", "p99", "mean", "std"):
         table.add_column(column, justify="left" if column in ("model", "engine") else "right")
     table.add_column("img/s", justify="right")
     table.add_column("ms/img", justify="right")
-    table.add_column("ORT/eager", justify="right")
+    table.add_column("vs eager", justify="right")
+    table.add_column("vs ORT fp32", justify="right")
     ceiling = report.fp32_ceiling_gflops
     if ceiling:
         table.add_column("of fp32 ceiling", justify="right")
@@ -220,6 +253,7 @@ def _print_report(report: BenchReport) -> None:
             f"{s.images_per_s:,.0f}",
             f"{s.ms_per_image:.4f}",
             f"{r.speedup_vs_eager:.2f}x" if r.speedup_vs_eager else "",
+            f"{r.vs_ort_fp32:.2f}x" if r.vs_ort_fp32 else "",
             *([f"{r.gflops / ceiling:.0%}" if r.gflops else ""] if ceiling else []),
             *([f"{r.provider}; {r.detail}" if r.detail else r.provider] if details else []),
         )
