@@ -47,6 +47,7 @@ bench: install
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/cpu_allocator.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/cpu_runtimes.py
 
 # Every results table in the README and docs/, regenerated from the run records in results/.
 results: install

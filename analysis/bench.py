@@ -37,6 +37,7 @@ from analysis.latency import (
     matmul_gflops,
 )
 from analysis.params import count_macs
+from analysis.runtime_accuracy import RowAccuracy, measure_accuracy, source_checkpoint
 from analysis.verdicts import Verdict
 from exporters import metadata
 from exporters.errors import ExportError
@@ -49,6 +50,7 @@ from exporters.runtime import (
     SessionInfo,
     create_session,
 )
+from toolkit.data import Dataset
 from toolkit.errors import OutputError, RtkError, UnknownArchitectureError
 from toolkit.fileio import TEMP_SUFFIX, atomic_path, parse_json
 from toolkit.models import Architecture, create_model, get_architecture
@@ -97,6 +99,8 @@ class BenchReport:
     rows: list[BenchRow]
     verdicts: list[Verdict]
     notes: list[str]
+    # --accuracy: each (runtime, precision) over the whole test split against PyTorch fp32
+    accuracy: list[RowAccuracy]
 
 
 Runtime = Literal["ort", "openvino"]
@@ -328,8 +332,14 @@ def _against_ort_fp32(rows: list[BenchRow]) -> list[BenchRow]:
 
 
 def run_bench(
-    targets: list[BenchTarget], *, settings: BenchSettings, notes: list[str]
+    targets: list[BenchTarget],
+    *,
+    settings: BenchSettings,
+    notes: list[str],
+    accuracy_on: Dataset | None = None,
 ) -> BenchReport:
+    """Time every target in every runtime and batch size; with ``accuracy_on``, also run each
+    (runtime, precision) over that dataset's test split (``analysis.runtime_accuracy``)."""
     import onnxruntime as ort
 
     provider, threads = settings.provider, settings.threads
@@ -338,6 +348,9 @@ def run_bench(
     _check_settings(targets, settings)
     caches = {t.onnx_path: _tensorrt_cache(t.onnx_path, settings) for t in targets}
     _open_sessions(targets, settings, caches)
+    if accuracy_on is not None:  # a file without its checkpoint is refused before timing
+        for target in targets:
+            source_checkpoint(target.onnx_path)
     if provider != "cpu" and compare_torch and not torch.cuda.is_available():
         raise ProviderUnavailableError(
             f"ONNX Runtime runs {provider}, but PyTorch sees no CUDA for the eager "
@@ -437,6 +450,19 @@ def run_bench(
         rows=_against_ort_fp32(rows),
         verdicts=[latency_claim(rows, provider)],
         notes=notes,
+        accuracy=[]
+        if accuracy_on is None
+        else measure_accuracy(
+            targets,
+            accuracy_on,
+            runtimes=settings.runtimes,
+            openvino_precisions={
+                t.onnx_path: openvino_precisions(t, bf16=settings.bf16)
+                for t in targets
+                if "openvino" in settings.runtimes
+            },
+            threads=threads,
+        ),
     )
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from PIL import Image, UnidentifiedImageError
 
 from exporters import metadata
 from exporters.errors import ExportError, MetadataError
 from exporters.runtime import Provider, create_session
+from toolkit.errors import RtkError
 from toolkit.fileio import parse_json
 
 
@@ -166,24 +169,71 @@ def _load_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[in
     return np.asarray(rgb, dtype=np.float32) / 255.0, original, resized
 
 
+Runner = Callable[[np.ndarray, ModelMeta], np.ndarray]  # normalised batch -> logits
+
+
+def _ort_runner(model: Path, provider: Provider) -> tuple[dict[str, str], list[object], Runner]:
+    session, _ = create_session(model, provider)
+    name = session.get_inputs()[0].name
+    props = dict(session.get_modelmeta().custom_metadata_map)
+
+    def run(batch: np.ndarray, meta: ModelMeta) -> np.ndarray:
+        return session.run(None, {name: batch})[0]
+
+    return props, list(session.get_inputs()[0].shape), run
+
+
+def _openvino_runner(model: Path) -> tuple[dict[str, str], list[object], Runner]:
+    """OpenVINO on the CPU, in the file's own precision (fp32, or int8 for a Q/DQ copy),
+    verified as ``rtk bench --runtime openvino`` verifies it."""
+    from exporters.openvino import openvino_logits
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends, on a file that is no ONNX
+        raise ExportError(f"OpenVINO cannot load {model}: it is not an ONNX model") from exc
+    props = {p.key: p.value for p in graph.metadata_props}
+    dims = graph.graph.input[0].type.tensor_type.shape.dim if graph.graph.input else []
+    shape: list[object] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+
+    def run(batch: np.ndarray, meta: ModelMeta) -> np.ndarray:
+        precision = meta.precision or "fp32"
+        if precision not in ("fp32", "int8"):
+            raise ExportError(
+                f"{model} is {precision}; OpenVINO's CPU plugin computes such a file in fp32 or "
+                "bf16, so predict with its fp32 or int8 copy (or --runtime ort)"
+            )
+        return openvino_logits(model, batch, precision=precision)  # type: ignore[arg-type]
+
+    return props, shape, run
+
+
 def predict(
     model: Path,
     images: list[Path],
     *,
     top_k: int = 3,
     provider: Provider = "cpu",
+    runtime: str = "ort",
     classes: list[str] | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
 ) -> tuple[ModelMeta, list[Prediction]]:
     if top_k < 1:
         raise ExportError(f"--top-k must be at least 1, got {top_k}")
+    if runtime not in ("ort", "openvino"):
+        raise ExportError(f"--runtime is ort or openvino, got {runtime!r}")
     if not model.is_file():
         raise ExportError(f"model {model} does not exist")
-    session, _ = create_session(model, provider)
-    props = dict(session.get_modelmeta().custom_metadata_map)
-    inputs = session.get_inputs()
-    meta = read_meta(props, list(inputs[0].shape), classes=classes, mean=mean, std=std)
+    if runtime == "openvino" and provider != "cpu":
+        raise ExportError(
+            f"OpenVINO runs on the CPU here, not on {provider}: use --runtime ort with "
+            "--provider, or drop --provider"
+        )
+    props, shape, run = (
+        _ort_runner(model, provider) if runtime == "ort" else _openvino_runner(model)
+    )
+    meta = read_meta(props, shape, classes=classes, mean=mean, std=std)
     channels, height, width = meta.input_size
     if channels != 3:
         raise ExportError(f"{model} takes {channels}-channel input; rtk predict feeds RGB images")
@@ -192,7 +242,9 @@ def predict(
     loaded = [_load_image(path, (width, height)) for path in images]
     batch = np.stack([(pixels - mean_a) / std_a for pixels, _, _ in loaded]).transpose(0, 3, 1, 2)
     try:
-        logits = session.run(None, {inputs[0].name: np.ascontiguousarray(batch)})[0]
+        logits = run(np.ascontiguousarray(batch, dtype=np.float32), meta)
+    except RtkError:
+        raise
     except Exception as exc:  # ORT's InvalidArgument for a shape the model does not take
         first = str(exc).strip().splitlines()[0]
         raise ExportError(f"{model} cannot take these images: {first}") from exc

@@ -4,6 +4,7 @@ every row's precision is the one its layers ran in, read back from the compiled 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def run_cli(*args: object):
 def exported(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
     """A Mini-ResNet run exported in fp32, fp16 and int8 (its Q/DQ copy, calibrated)."""
     root = tmp_path_factory.mktemp("openvino")
-    data = load_dataset(write_imagefolder(root / "data", tiny_data))
+    data = load_dataset(write_imagefolder(root / "cifar10-jpeg", tiny_data))
     run = write_checkpoint(root / "run", "mini-resnet")
     export_onnx(run, dataset=data, fp16=True, int8=True, calib_images=64, parity_images=50)
     return run
@@ -89,6 +90,58 @@ def test_an_fp32_row_runs_fp32_on_a_cpu_whose_default_is_bf16(exported: Path, ti
         assert (halves.argmax(1) == reference.argmax(1)).mean() >= 0.8
 
 
+def test_accuracy_beside_speed_on_the_whole_test_split(
+    exported: Path, tiny_data: TinyData, tmp_path: Path
+):
+    """Each (runtime, precision) row through the test split, against PyTorch fp32 of the very
+    checkpoint the file came from."""
+    data = exported.parent / "cifar10-jpeg"
+    result = run_cli(
+        "bench", exported, "--runtime", "ort,openvino", "--accuracy", "--data", data,
+        "--batch-sizes", "1", "--iters", "1", "--warmup", "0", "--threads", "1",
+        "--runs", tmp_path, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = {
+        (a["precision"], a["engine"]): a["parity"] for a in json.loads(result.stdout)["accuracy"]
+    }
+    assert set(rows) == {
+        ("fp32", "onnxruntime"), ("fp16", "onnxruntime"), ("int8", "onnxruntime"),
+        ("fp32", "openvino"), ("int8", "openvino"),
+    }  # fmt: skip
+    images = len(tiny_data.test_labels)
+    for parity in rows.values():
+        assert parity["images"] == images
+        assert parity["acc_torch"] == rows["fp32", "onnxruntime"]["acc_torch"]  # one reference
+    for engine in ("onnxruntime", "openvino"):  # fp32 answers as PyTorch does, in both runtimes
+        fp32 = rows["fp32", engine]
+        assert fp32["agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-4
+        assert fp32["acc_onnx"] == fp32["acc_torch"]
+    shown = run_cli("bench", exported, "--runtime", "openvino", "--accuracy", "--data", data,
+                    "--batch-sizes", "1", "--iters", "1", "--runs", tmp_path)  # fmt: skip
+    assert shown.exit_code == 0 and f"Accuracy on {images:,} test images" in shown.stdout
+
+
+@pytest.mark.parametrize("fault", ["copied away", "other weights"])
+def test_accuracy_needs_the_checkpoint_the_file_came_from(
+    exported: Path, tmp_path: Path, fault: str
+):
+    data = exported.parent / "cifar10-jpeg"
+    if fault == "copied away":
+        model = tmp_path / "model.onnx"
+        shutil.copy(exported / "model.onnx", model)
+        said = "has no checkpoint beside it"
+    else:
+        run = shutil.copytree(exported, tmp_path / "run")
+        write_checkpoint(tmp_path / "other", "mini-resnet")
+        shutil.copy(tmp_path / "other" / "best.pt", run / "best.pt")
+        model, said = run / "model.onnx", "was exported from other weights"
+    result = run_cli("bench", model, "--accuracy", "--data", data, "--iters", "1",
+                     "--runs", tmp_path / "runs")  # fmt: skip
+    assert result.exit_code == 2 and said in result.stderr, result.output
+    assert not (tmp_path / "runs" / "bench").exists()
+
+
 def test_a_precision_that_would_not_run_is_refused(exported: Path):
     with pytest.raises(OpenVINOError, match=r"would not run it in int8 \(.*Convolution f32"):
         compile_verified(exported / "model.onnx", batch=1, precision="int8")
@@ -129,3 +182,21 @@ def test_doctor_lists_openvinos_precisions_as_the_cpu_flags_say():
     native = bool(flags & {"avx512_bf16", "amx_bf16"})
     assert (rows["OpenVINO BF16"].status == "ok") == native
     assert "CPU plugin lists" in rows["OpenVINO"].detail
+
+
+def test_predict_through_openvino_answers_as_onnx_runtime(exported: Path):
+    images = sorted((exported.parent / "cifar10-jpeg" / "test").glob("*/*"))[:6]
+    answers = {}
+    for runtime in ("ort", "openvino"):
+        result = run_cli("predict", exported / "model.onnx", *images, "--runtime", runtime,
+                         "--json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        answers[runtime] = json.loads(result.stdout)["predictions"]
+    for ort, ov in zip(answers["ort"], answers["openvino"], strict=True):
+        assert [g["label"] for g in ort["top"]] == [g["label"] for g in ov["top"]]
+        for a, b in zip(ort["top"], ov["top"], strict=True):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+    int8 = run_cli("predict", exported / "model.int8.onnx", *images, "--runtime", "openvino")
+    assert int8.exit_code == 0, int8.output
+    fp16 = run_cli("predict", exported / "model.fp16.onnx", *images, "--runtime", "openvino")
+    assert fp16.exit_code == 2 and "predict with its fp32 or int8 copy" in fp16.stderr

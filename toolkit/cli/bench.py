@@ -97,6 +97,13 @@ def inference(
         "--bf16",
         help="OpenVINO: also time each fp32 file in bf16 (refused on a CPU without native bf16).",
     ),
+    accuracy: bool = typer.Option(
+        False,
+        "--accuracy",
+        help="Also run each runtime and precision over the whole test split (--data) and set "
+        "it against PyTorch fp32 of the run's checkpoint: accuracy, top-1 agreement.",
+    ),
+    data: Path | None = typer.Option(None, help="Dataset for --accuracy (see `rtk data info`)."),
     compare_torch: bool = typer.Option(True, help="Time PyTorch eager in the same run."),
     channels_last: bool = typer.Option(False, help="PyTorch eager in channels_last."),
     input_shape: str | None = typer.Option(None, help="C,H,W for models with dynamic sizes."),
@@ -169,11 +176,18 @@ def inference(
     shape = tuple(_ints(input_shape, "--input-shape")) if input_shape else None
     if shape is not None and len(shape) != 3:
         raise RtkError(f"--input-shape takes C,H,W (three sizes), got {input_shape!r}")
+    if data is not None and not accuracy:
+        raise RtkError("--data is the test split for --accuracy: add --accuracy, or drop --data")
     with tempfile.TemporaryDirectory() as workdir:
         targets, notes = resolve_targets(
             models, runs=runs, workdir=Path(workdir), input_shape=shape
         )
-        report = run_bench(targets, settings=settings, notes=notes)
+        dataset = None
+        if accuracy:
+            from toolkit.data import load_dataset
+
+            dataset = load_dataset(data, announce=notice)
+        report = run_bench(targets, settings=settings, notes=notes, accuracy_on=dataset)
     if as_json:
         print_json(report)
     else:
@@ -263,6 +277,23 @@ def _print_report(report: BenchReport) -> None:
             f"fp32 ceiling: {ceiling:.0f} GFLOP/s (2048x2048 matrix product, same run); "
             "a model's share is 2 x MACs x images/s over it"
         )
+    if report.accuracy:
+        images = report.accuracy[0].parity.images
+        table = Table(
+            title=f"Accuracy on {images:,} test images, against PyTorch fp32 of each checkpoint"
+        )
+        for column in ("model", "precision", "engine", "test acc", "PyTorch fp32", "difference",
+                       "top-1 agreement", "max |logit diff|"):  # fmt: skip
+            table.add_column(column, justify="left" if column in ("model", "engine") else "right")
+        for a in report.accuracy:
+            p = a.parity
+            assert p.acc_onnx is not None and p.acc_torch is not None  # labelled test images
+            table.add_row(
+                a.model, a.precision, a.engine, f"{p.acc_onnx:.2%}", f"{p.acc_torch:.2%}",
+                f"{(p.acc_onnx - p.acc_torch) * 100:+.2f} pt", f"{p.agreement:.2%}",
+                f"{p.max_abs_diff:.2e}",
+            )  # fmt: skip
+        console.print(table)
     for v in report.verdicts:
         console.print(styled((v.claim, "bold"), f": {v.verdict} - {v.evidence}"))
     for note in report.notes:

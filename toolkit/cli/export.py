@@ -129,6 +129,9 @@ def predict(
     images: list[Path] = typer.Argument(..., help="PNG or JPEG files, any size."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image."),
     provider: str = typer.Option("cpu", help="cpu, cuda or tensorrt (verified)."),
+    runtime: str = typer.Option(
+        "ort", help="ort (ONNX Runtime) or openvino (CPU, the file's fp32 or int8, verified)."
+    ),
     classes: str | None = typer.Option(None, help="Comma-separated class names \\[metadata]."),
     mean: str | None = typer.Option(None, help="Comma-separated channel means \\[metadata]."),
     std: str | None = typer.Option(None, help="Comma-separated channel stds \\[metadata]."),
@@ -142,6 +145,7 @@ def predict(
         images,
         top_k=top_k,
         provider=provider,  # type: ignore[arg-type]
+        runtime=runtime,
         classes=classes.split(",") if classes else None,
         mean=_floats(mean),
         std=_floats(std),
