@@ -331,6 +331,23 @@ def _against_ort_fp32(rows: list[BenchRow]) -> list[BenchRow]:
     ]
 
 
+def latency_accuracy_points(
+    report: BenchReport, batch: int
+) -> list[tuple[str, str, str, float, float]]:
+    """(model, engine, precision, ms per image at ``batch``, test accuracy) of every row that
+    has both a timing and an accuracy."""
+    ms = {
+        (r.model, r.engine, r.precision): r.stats.ms_per_image
+        for r in report.rows
+        if r.stats.batch == batch
+    }
+    return [
+        (a.model, a.engine, a.precision, ms[key], a.parity.acc_onnx)
+        for a in report.accuracy
+        if (key := (a.model, a.engine, a.precision)) in ms and a.parity.acc_onnx is not None
+    ]
+
+
 def run_bench(
     targets: list[BenchTarget],
     *,
@@ -421,6 +438,10 @@ def run_bench(
                     _gflops(target, eager),
                 )  # fmt: skip
                 rows.append(eager_row)
+    # Claim (iii) per runtime: each times the same four files.
+    verdicts = [latency_claim(rows, provider)] if "ort" in settings.runtimes else []
+    if ov_version:
+        verdicts.append(latency_claim(rows, "OpenVINO CPU", engine="openvino"))
     ceiling = matmul_gflops() if device == "cpu" else None
     machine = Machine(
         cpu=cpu_model(),
@@ -448,7 +469,7 @@ def run_bench(
         ),
         fp32_ceiling_gflops=ceiling,
         rows=_against_ort_fp32(rows),
-        verdicts=[latency_claim(rows, provider)],
+        verdicts=verdicts,
         notes=notes,
         accuracy=[]
         if accuracy_on is None

@@ -211,13 +211,14 @@ def memory_claim(results: list[TrainStepResult]) -> Verdict:
     return Verdict(claim, verdict, evidence)
 
 
-def latency_claim(rows: list[BenchRow], provider: str) -> Verdict:
-    """Claim (iii): inference latency is similar across the four models at 32x32."""
+def latency_claim(rows: list[BenchRow], provider: str, *, engine: str = "onnxruntime") -> Verdict:
+    """Claim (iii): inference latency is similar across the four models at 32x32, judged on
+    one runtime's fp32 rows (``engine``: onnxruntime or openvino)."""
     claim = "5(iii). inference latency is similar across the models for 32x32 inputs"
     paper = set(architecture_names(PAPER))
-    ort_rows = [r for r in rows if r.engine == "onnxruntime" and r.precision == "fp32"]
+    fp32 = [r for r in rows if r.engine == engine and r.precision == "fp32"]
     by_batch: dict[int, dict[str, float]] = {}
-    for r in ort_rows:
+    for r in fp32:
         if r.arch in paper:
             by_batch.setdefault(r.stats.batch, {})[r.arch] = r.stats.mean_ms
     complete = {b: v for b, v in by_batch.items() if set(v) == paper}

