@@ -452,6 +452,20 @@ ROWS = [
     Row("metrics-missing-keys", ["report", "compare", "{ws}/runs/r"], 2, "lacks test_acc",
         setup=_run_folder({"metrics.json": '{"arch": "baseline-cnn"}',
                            "config.json": '{"settings": {"epochs": 1}}'})),
+    Row("history-mistyped", ["report", "curves", "{ws}/runs/r"], 2,
+        "line 1 has val_acc 'high' (want a number or null)",
+        setup=_run_folder(
+            {"history.jsonl": _EPOCH.replace('"val_acc": 0.1', '"val_acc": "high"')})),
+    Row("history-grad-norms-mistyped", ["report", "curves", "{ws}/runs/r"], 2,
+        "has grad_norms [1, 2] (want an object, each value a number)",
+        setup=_run_folder({"history.jsonl": _EPOCH.replace("}", ', "grad_norms": [1, 2]}')})),
+    Row("metrics-mistyped", ["report", "compare", "{ws}/runs/r"], 2,
+        "has test_acc '0.9' (want a number), stopped_early 0 (want true or false)",
+        setup=_run_folder({"metrics.json": '{"arch": "baseline-cnn", "test_acc": "0.9", '
+                           '"test_acc_tta": null, "test_loss": 1.0, "best_epoch": 1, '
+                           '"epochs_run": 1, "stopped_early": 0, "train_s": 1, '
+                           '"device": "cpu", "test_images": 10}',
+                           "config.json": '{"settings": {"epochs": 1}}'})),
     Row("export-names-clash", export("{ws}/a/ckpt.pt", "{ws}/b/ckpt.pt", "--out", "{ws}/onnx"), 2,
         "would both be exported as {ws}/onnx/ckpt.onnx", _two_checkpoints_named_alike),
     Row("resume-finished-last-is-folder", ["train", "--resume", "{ws}/runs/r", "--data",

@@ -46,6 +46,10 @@ def _fits(value: Any, hint: Any) -> bool:
         return any(_fits(value, a) for a in args)
     if origin is tuple:
         return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()
+        )
     if hint is float:
         return type(value) in (int, float)
     return type(value) is hint
@@ -58,9 +62,23 @@ def _describe(hint: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
     if origin is tuple:
-        return f"a list of {_describe(args[0])}s"
+        return f"a list, each {_describe(args[0])}"
+    if origin is dict:
+        return f"an object, each value {_describe(args[1])}"
     names = {type(None): "null", bool: "true or false", int: "a whole number", float: "a number"}
     return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
+def mistyped(values: dict[str, Any], record: type, names: typing.Iterable[str]) -> list[str]:
+    """Each of ``names`` present in ``values`` whose value is not of the type the dataclass
+    ``record`` declares for it, as ``name (want: ...)``: the file rtk wrote from that record was
+    edited or is foreign. One schema per file, the writer's own dataclass."""
+    hints = typing.get_type_hints(record)
+    return [
+        f"{name} {values[name]!r} (want {_describe(hints[name])})"
+        for name in names
+        if name in values and not _fits(values[name], hints[name])
+    ]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 import torchvision
 
 from toolkit import __version__
-from toolkit.config import ConfigError, TrainConfig, config_from_settings
+from toolkit.config import ConfigError, TrainConfig, config_from_settings, mistyped
 from toolkit.errors import RtkError
 from toolkit.fileio import LOCK_NAME, TEMP_SUFFIX, atomic_path, parse_json, remove_leftover_temps
 from toolkit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -56,6 +56,7 @@ METRIC_KEYS = (
     "test_images",
 )
 LATER_METRIC_KEYS = ("precision", "test_precision")  # written since bf16; older runs lack them
+_EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochRecord))
 
 
 class RunDirError(RtkError):
@@ -317,6 +318,11 @@ class RunDir:
                     f"{path} line {number} is not a whole epoch record (a run killed while "
                     f"writing it?); `rtk train --resume {self.path}` rewrites the history"
                 )
+            if bad := mistyped(row, EpochRecord, _EPOCH_FIELDS):
+                raise RunDirError(
+                    f"{path} line {number} has {', '.join(bad)}: the file was edited or is not "
+                    "rtk's; restore it from the run"
+                )
             rows.append(row)
         return rows
 
@@ -363,9 +369,11 @@ class RunDir:
     def read_metrics(self) -> dict[str, Any]:
         metrics = self._read_json(self.METRICS, "the run has not finished")
         missing = [k for k in METRIC_KEYS if not isinstance(metrics, dict) or k not in metrics]
-        if missing:
+        bad = [] if missing else mistyped(metrics, TrainResult, (*METRIC_KEYS, *LATER_METRIC_KEYS))
+        if missing or bad:
+            said = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(bad)}"
             raise RunDirError(
-                f"{self.path / self.METRICS} lacks {', '.join(missing)}; "
+                f"{self.path / self.METRICS} {said}; "
                 f"`rtk train --resume {self.path}` tests the best weights again"
             )
         return metrics
