@@ -405,3 +405,26 @@ def test_a_new_group_may_take_an_empty_folder_or_a_killed_manifest_write_only(tm
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SeedGroupError, match="already exists and is not a seed group"):
         SeedGroup.create(tmp_path / "other", config, (0,), data="/data")
+
+
+def test_a_full_disk_writing_group_json_names_it_and_trains_nothing(
+    imagefolder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A full disk while the manifest was written named a temporary file (or no file)."""
+    import errno
+
+    real = Path.write_text
+
+    def full_disk(self: Path, *args: object, **kwargs: object) -> int:
+        if self.name.startswith(".group.json."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    where = ["--data", imagefolder, "--out", tmp_path, "--name", "g"]
+    result = _rtk("train", "baseline-cnn", "--seeds", "0,1", *QUICK, *where)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"cannot write {tmp_path / 'g' / 'group.json'} (No space left on device)" in said
+    assert "free disk space" in said and "Traceback" not in result.output
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == []  # no seed, no temp file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -22,6 +23,9 @@ TEMP_SUFFIX = ".tmp"
 
 def _temp_prefix(target: Path) -> str:
     return f".{target.name}."
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the write ran out of disk or quota
 
 
 @contextmanager
@@ -51,11 +55,23 @@ def atomic_paths(targets: Sequence[Path]) -> Iterator[list[Path]]:
             tmps.append(Path(tmp_name))
             # mkstemp makes 0600; the result should look like any new file.
             tmps[-1].chmod(0o666 & ~umask)
-        yield list(tmps)
-        # Flush to disk before the rename, so a crash cannot leave a renamed but empty file.
-        for tmp in tmps:
-            with tmp.open("rb+") as handle:
-                os.fsync(handle.fileno())
+        try:
+            yield list(tmps)
+            # Flush to disk before the rename, so a crash cannot leave a renamed but empty file.
+            for tmp in tmps:
+                with tmp.open("rb+") as handle:
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            # A full disk while writing: name the files the user asked for, not the temporary
+            # ones (which go below), and say that the old ones are intact.
+            if exc.errno not in _NO_ROOM and exc.filename not in {str(t) for t in tmps}:
+                raise
+            names = ", ".join(map(str, targets))
+            kept = "it is as it was" if len(targets) == 1 else "they are as they were"
+            raise OutputError(
+                f"cannot write {names} ({exc.strerror or exc}); free disk space or choose "
+                f"another folder: {kept}"
+            ) from exc
         for tmp, target in zip(tmps, targets, strict=True):
             os.replace(tmp, target)
     finally:
