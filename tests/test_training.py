@@ -61,6 +61,9 @@ class _InterruptAt:
     def epoch_end(self, record) -> None:
         pass
 
+    def close(self) -> None:
+        self.closed = True
+
 
 def test_training_lowers_the_loss_and_writes_the_run_directory(dataset: Dataset, tmp_path: Path):
     config = make_config("baseline-cnn", epochs=3, **QUICK)
@@ -292,3 +295,30 @@ def test_resume_refuses_changed_settings_and_finished_runs(imagefolder: Path, tm
     assert again.exit_code == 2 and "already exists" in again.stderr
     more = runner.invoke(app, ["train", "--resume", run, "--epochs", "2", "--json", *data])
     assert more.exit_code == 0 and json.loads(more.stdout)["epochs_run"] == 2
+
+
+def test_observers_are_closed_while_the_run_folder_is_still_locked(
+    dataset: Dataset, tmp_path: Path
+):
+    """TensorBoard's event files were flushed after the lock was released: a second writer
+    could already hold the folder. Observers now close inside the run, lock held."""
+    from toolkit.errors import FolderBusyError
+    from toolkit.fileio import FolderLock
+    from toolkit.training.observers import Observers, TensorBoardObserver
+
+    run = tmp_path / "run"
+    held: list[bool] = []
+
+    class LockProbe(_InterruptAt):
+        def close(self) -> None:
+            try:
+                FolderLock(run).acquire().release()
+                held.append(False)
+            except FolderBusyError:
+                held.append(True)
+
+    board = TensorBoardObserver(run)
+    observer = Observers(board, LockProbe(0))
+    Trainer(make_config("baseline-cnn", epochs=1, **QUICK), dataset, run, observer=observer).run()
+    assert held == [True] and board.writer is not None
+    assert list(run.glob("events.out.tfevents.*"))  # written, and closed, under the lock

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from analysis.seeds import GroupSummary
     from toolkit.data import Dataset
     from toolkit.training import SeedGroup, Trainer, TrainResult
-    from toolkit.training.observers import Observers, TensorBoardObserver
+    from toolkit.training.observers import Observers
 
 
 class RichObserver:
@@ -68,6 +68,11 @@ class RichObserver:
             f"{record.train_acc:.4f}  {val}  lr {record.lr:.2e}  {record.epoch_s:.1f} s  "
             f"{record.images_per_s:,.0f} img/s"
         )
+
+    def close(self) -> None:
+        if self.progress is not None:  # an epoch cut short (Ctrl-C, an error): clear its bar
+            self.progress.stop()
+            self.progress = None
 
 
 def _run_path(out: Path, name: str | None, arch: str) -> Path:
@@ -402,18 +407,12 @@ def _run_plan(
     results = []
     main_rank = True
     for config, run_path in plan.jobs:
-        observer, board = _observers(
-            run_path, tensorboard=tensorboard, quiet=quiet, out=out_console
-        )
+        observer = _observers(run_path, tensorboard=tensorboard, quiet=quiet, out=out_console)
         trainer = Trainer(config, dataset, run_path, observer=observer, resume=resuming)
         main_rank = trainer.world.is_main
         if main_rank and not quiet:
             _announce(trainer, run_path, out_console, resuming=resuming)
-        try:
-            result = trainer.run()
-        finally:
-            if board is not None:
-                board.close()
+        result = trainer.run()  # closes the observers (TensorBoard's files) before unlocking
         results.append(result.summary())
         if main_rank and not as_json:
             _print_result(result)
@@ -421,15 +420,13 @@ def _run_plan(
         print_json(results if len(results) > 1 else results[0])
 
 
-def _observers(
-    run_path: Path, *, tensorboard: bool, quiet: bool, out: Console
-) -> tuple[Observers, TensorBoardObserver | None]:
+def _observers(run_path: Path, *, tensorboard: bool, quiet: bool, out: Console) -> Observers:
     """The terminal's progress (unless quiet) and TensorBoard's event files (if asked)."""
     from toolkit.training.observers import Observers, TensorBoardObserver
 
     board = TensorBoardObserver(run_path) if tensorboard else None
     shown = None if quiet else RichObserver(out, progress=True)
-    return Observers(*(o for o in (shown, board) if o is not None)), board
+    return Observers(*(o for o in (shown, board) if o is not None))
 
 
 def _announce(trainer: Trainer, run_path: Path, out: Console, *, resuming: bool) -> None:
@@ -479,7 +476,7 @@ def _train_group(
     with writing(group.path):  # one process trains a group: a second is refused
         for seed in group.seeds:
             run_path = group.run_path(seed)
-            observer, board = _observers(run_path, tensorboard=tensorboard, quiet=quiet, out=out)
+            observer = _observers(run_path, tensorboard=tensorboard, quiet=quiet, out=out)
             action, trainer = open_run(group.config(seed), run_path, dataset, observer=observer)
             if trainer is None:
                 if not quiet:
@@ -488,12 +485,8 @@ def _train_group(
                 continue
             if not quiet:
                 _announce(trainer, run_path, out, resuming=action == "resume")
-            try:
-                with rerun_on_interrupt(run_path, rerun):
-                    result = trainer.run()
-            finally:
-                if board is not None:
-                    board.close()
+            with rerun_on_interrupt(run_path, rerun):
+                result = trainer.run()
             if not as_json:
                 _print_result(result)
     summary = summarize_group(group.path)

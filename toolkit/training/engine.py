@@ -68,6 +68,11 @@ class Observer(Protocol):
 
     def epoch_end(self, record: EpochRecord) -> None: ...
 
+    def close(self) -> None:
+        """The run ended (finished, failed or interrupted): write what is buffered. Called
+        while the run folder is still locked, so nothing is written after another process
+        may take it."""
+
 
 def lr_factor(step: int, *, total: int, warmup: int, shape: str) -> float:
     """The per-step schedule's multiple of the peak rate for optimizer step ``step`` (0-based)
@@ -436,7 +441,11 @@ class Trainer:
         try:
             return self._run()
         finally:
-            self.release()
+            try:
+                if self.observer:
+                    self.observer.close()
+            finally:
+                self.release()
 
     def _run(self) -> TrainResult:
         c = self.config

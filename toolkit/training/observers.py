@@ -28,6 +28,10 @@ class Observers:
         for observer in self.observers:
             observer.epoch_end(record)
 
+    def close(self) -> None:
+        for observer in self.observers:
+            observer.close()
+
 
 # TensorBoard tag -> EpochRecord field; the part before "/" is the section it is shown in.
 _CURVES = {
