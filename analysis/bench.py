@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,7 @@ from analysis.params import count_macs
 from analysis.runtime_accuracy import RowAccuracy, measure_accuracy, source_checkpoint
 from analysis.verdicts import Verdict
 from exporters import metadata
+from exporters.convert import export_name
 from exporters.errors import ExportError
 from exporters.openvino import PERFORMANCE_HINT, OVPrecision, compile_verified
 from exporters.quantize import tensorrt_qdq_problem
@@ -135,13 +137,6 @@ def _row_key(row: BenchRow) -> RowKey:
     return (row.model, row.precision, row.engine, row.provider, row.stats.batch)
 
 
-def _load(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise ExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
-
-
 def _shape_from_model(
     model: onnx.ModelProto, path: Path, fill: tuple[int, ...] | None
 ) -> tuple[int, ...]:
@@ -159,8 +154,8 @@ def _shape_from_model(
 
 
 def _from_onnx(path: Path, fill: tuple[int, ...] | None, name: str | None = None) -> BenchTarget:
-    graph = _load(path)
-    props = {p.key: p.value for p in graph.metadata_props}
+    graph = metadata.load_graph(path)
+    props = metadata.props(graph)
     arch = props.get(metadata.ARCH)
     # Latency does not depend on weights: eager runs a fresh model of the same architecture.
     model = create_model(arch) if arch else None
@@ -211,7 +206,8 @@ def resolve_targets(
             files = sorted(path.glob("model*.onnx"))
             if not files:
                 raise ExportError(f"{path} holds no model.onnx; run `rtk export {path} --onnx`")
-            targets += [_from_onnx(f, input_shape, name=path.name) for f in files]
+            # A seed's run is seed-N in every group: GROUP-seed-N tells two apart.
+            targets += [_from_onnx(f, input_shape, name=export_name(path)) for f in files]
         else:
             try:
                 arch = get_architecture(spec)
@@ -219,10 +215,19 @@ def resolve_targets(
                 raise ExportError(
                     f"{spec!r} is not an ONNX file, a run directory or {exc}"
                 ) from exc
-            targets.append(_from_onnx(_fresh_export(arch, workdir), input_shape, name=arch.name))
+            fresh = _from_onnx(_fresh_export(arch, workdir), input_shape, name=arch.name)
+            targets.append(dataclasses.replace(fresh, fresh=True))
             notes.append(
                 f"{arch.name}: freshly initialised weights (latency does not depend on them)"
             )
+    seen: dict[tuple[str, str], Path] = {}
+    for t in targets:  # rows, ratios and accuracies are told apart by model name and precision
+        if (key := (t.name, t.precision)) in seen:
+            raise ExportError(
+                f"{seen[key]} and {t.onnx_path} would both be the {t.precision} rows of "
+                f"{t.name}: bench their run folders (rows named after them) or one at a time"
+            )
+        seen[key] = t.onnx_path
     return targets, notes
 
 
@@ -238,7 +243,7 @@ def openvino_precisions(target: BenchTarget, *, bf16: bool) -> list[OVPrecision]
     return ["int8"] if target.precision == "int8" else []
 
 
-def _check_settings(targets: list[BenchTarget], settings: BenchSettings) -> None:
+def _check_settings(targets: list[BenchTarget], settings: BenchSettings, *, accuracy: bool) -> None:
     """Everything that can be refused is refused before the first timed call."""
     if not settings.runtimes:
         raise RtkError("no runtime to bench: give --runtime ort, openvino or both")
@@ -249,6 +254,16 @@ def _check_settings(targets: list[BenchTarget], settings: BenchSettings) -> None
         )
     if settings.bf16 and "openvino" not in settings.runtimes:
         raise RtkError("--bf16 times OpenVINO's bf16: add --runtime openvino")
+    if accuracy and settings.provider != "cpu":
+        raise RtkError(
+            f"--accuracy runs the test split on the CPU, so its figures would sit beside "
+            f"{settings.provider} timings they did not come from: bench --provider cpu"
+        )
+    if accuracy and (fresh := [t.name for t in targets if t.fresh]):
+        raise RtkError(
+            f"{', '.join(fresh)}: an architecture name is benched from untrained weights, which "
+            "have no accuracy to measure; give trained run folders with --accuracy"
+        )
     for target in targets:  # every timed batch is allocated, from --input-shape or the graph
         size = 4 * max(settings.batch_sizes) * math.prod(target.input_shape)  # float32 bytes
         if size > MAX_INPUT_BYTES:
@@ -270,7 +285,9 @@ def _open_sessions(
     for target in targets:
         if "ort" in settings.runtimes:
             problem = (
-                tensorrt_qdq_problem(_load(target.onnx_path)) if provider == "tensorrt" else None
+                tensorrt_qdq_problem(metadata.load_graph(target.onnx_path))
+                if provider == "tensorrt"
+                else None
             )
             if problem is not None:
                 raise ProviderUnavailableError(
@@ -286,11 +303,15 @@ def _open_sessions(
                 tensorrt_cache=caches[target.onnx_path],
                 allow_cpu_fallback=settings.allow_cpu_fallback,
             )
-        if "openvino" in settings.runtimes:
+        if "openvino" in settings.runtimes:  # each batch size is a compiled model of its own
             for precision in openvino_precisions(target, bf16=settings.bf16):
-                compile_verified(
-                    target.onnx_path, batch=1, precision=precision, threads=settings.threads
-                )
+                for batch in settings.batch_sizes:
+                    compile_verified(
+                        target.onnx_path,
+                        shape=(batch, *target.input_shape),
+                        precision=precision,
+                        threads=settings.threads,
+                    )
 
 
 def _row(
@@ -353,21 +374,35 @@ def run_bench(
     *,
     settings: BenchSettings,
     notes: list[str],
-    accuracy_on: Dataset | None = None,
+    accuracy_on: Callable[[], Dataset] | None = None,
 ) -> BenchReport:
-    """Time every target in every runtime and batch size; with ``accuracy_on``, also run each
-    (runtime, precision) over that dataset's test split (``analysis.runtime_accuracy``)."""
+    """Time every target in every runtime and batch size; with ``accuracy_on`` (the dataset,
+    loaded once everything else has been checked), first run each (runtime, precision) over
+    its test split (``analysis.runtime_accuracy``), which refuses before any timing a file
+    without its checkpoint or a checkpoint of other classes."""
     import onnxruntime as ort
 
     provider, threads = settings.provider, settings.threads
     compare_torch, channels_last = settings.compare_torch, settings.channels_last
     io_binding = settings.io_binding and provider != "cpu"
-    _check_settings(targets, settings)
+    _check_settings(targets, settings, accuracy=accuracy_on is not None)
     caches = {t.onnx_path: _tensorrt_cache(t.onnx_path, settings) for t in targets}
     _open_sessions(targets, settings, caches)
-    if accuracy_on is not None:  # a file without its checkpoint is refused before timing
-        for target in targets:
+    accuracy: list[RowAccuracy] = []
+    if accuracy_on is not None:
+        for target in targets:  # refused before the dataset is loaded (or downloaded)
             source_checkpoint(target.onnx_path)
+        accuracy = measure_accuracy(
+            targets,
+            accuracy_on(),
+            runtimes=settings.runtimes,
+            openvino_precisions={
+                t.onnx_path: openvino_precisions(t, bf16=settings.bf16)
+                for t in targets
+                if "openvino" in settings.runtimes
+            },
+            threads=threads,
+        )
     if provider != "cpu" and compare_torch and not torch.cuda.is_available():
         raise ProviderUnavailableError(
             f"ONNX Runtime runs {provider}, but PyTorch sees no CUDA for the eager "
@@ -376,7 +411,7 @@ def run_bench(
     if "openvino" in settings.runtimes:
         notes += [
             f"{t.name}: OpenVINO times no fp16 file (its CPU plugin computes one in fp32 or "
-            "bf16); see the fp32 file's bf16 row (--bf16)"
+            "bf16); its fp32 file's bf16 row (--bf16) is the half-precision figure"
             for t in targets
             if not openvino_precisions(t, bf16=settings.bf16)
         ]
@@ -471,19 +506,7 @@ def run_bench(
         rows=_against_ort_fp32(rows),
         verdicts=verdicts,
         notes=notes,
-        accuracy=[]
-        if accuracy_on is None
-        else measure_accuracy(
-            targets,
-            accuracy_on,
-            runtimes=settings.runtimes,
-            openvino_precisions={
-                t.onnx_path: openvino_precisions(t, bf16=settings.bf16)
-                for t in targets
-                if "openvino" in settings.runtimes
-            },
-            threads=threads,
-        ),
+        accuracy=accuracy,
     )
 
 

@@ -86,8 +86,12 @@ def convergence_claim(histories: dict[str, list[dict[str, Any]]]) -> Verdict:
             continue
         a = [r["val_acc"] for r in histories[residual]]
         b = [r["val_acc"] for r in histories[plain]]
-        common = min(len(a), len(b))
-        ahead = sum(x > y for x, y in zip(a[:common], b[:common], strict=True))
+        # Epochs both validated (a run without a validation split has no curve to compare).
+        both_ran = [(x, y) for x, y in zip(a, b, strict=False) if x is not None and y is not None]
+        if not both_ran:
+            continue
+        ahead = sum(x > y for x, y in both_ran)
+        common = len(both_ran)
         wins += ahead
         total += common
         parts.append(f"{residual} ahead of {plain} in {ahead}/{common} epochs")
@@ -251,22 +255,19 @@ def latency_claim(rows: list[BenchRow], provider: str, *, engine: str = "onnxrun
 FLOW = "first-layer gradient norm"
 
 
-def training_flow(run: Path) -> Estimate:
+def training_flow(run: Path) -> Estimate | None:
     """The first weight layer's gradient norm as training recorded it, averaged over the epochs;
-    one value per seed (a single run: its one seed)."""
+    one value per seed (a single run: its one seed). None when a seed recorded none."""
     if SeedGroup.is_group(run):
         seeds, histories = SeedGroup.open(run).seeds, group_histories(run)
     else:
         rundir = RunDir.open(run)
         seeds, histories = [int(rundir.read_config()["settings"]["seed"])], [rundir.read_history()]
     values = []
-    for seed, rows in zip(seeds, histories, strict=True):
+    for rows in histories:
         norms = [r["grad_norms"] for r in rows if r.get("grad_norms")]
-        if not norms:
-            raise SourceError(
-                f"seed {seed} of {run} recorded no gradient norms (grad_norm_batches was 0), so "
-                "its gradient flow is unknown; train it with --grad-norm-batches 8"
-            )
+        if not norms:  # a run from before rtk recorded them
+            return None
         first = next(iter(norms[0]))  # layers are recorded input to output
         values.append(statistics.fmean(float(n[first]) for n in norms))
     return estimate(FLOW, seeds, values)
@@ -284,8 +285,10 @@ def ablation_record_claim(rows: list[CompareRow], flows: dict[str, Estimate]) ->
             skip, plain, first_label="resnet18", second_label="resnet18-noskip"
         ).difference
         lower_flow = judge_interval(paired.interval, 0.0)
-        spread = f" (with minus without, paired by seed: {paired.mean:+.3g}, 95% CI "
-        spread += f"[{paired.ci_low:.3g}, {paired.ci_high:.3g}])" if paired.interval else ")"
+        spread = (
+            f" (with minus without, paired by seed: {paired.mean:+.3g}, "
+            f"{paired.confidence:.0%} CI [{paired.ci_low:.3g}, {paired.ci_high:.3g}])"
+        )
     else:
         lower_flow, spread = judge(plain.mean < skip.mean), ""
     evidence = (
@@ -304,19 +307,25 @@ def _curve(run: Path) -> list[dict[str, Any]]:
 
 
 def record_claims(runs: list[Path]) -> list[Verdict]:
-    """The claims these runs or seed groups decide, one run or group per Table I model."""
+    """The claims these runs or seed groups decide, one run or group per Table I model (runs of
+    other networks are left out, as ``rtk report compare`` leaves them out of Table I)."""
     by_arch: dict[str, tuple[CompareRow, Path]] = {}
     for run in runs:
-        (row,) = compare_runs([run])
-        if row.arch in by_arch:
-            raise SourceError(
-                f"{by_arch[row.arch][1]} and {run} are both {row.arch}: the claims compare one "
-                "run or seed group per model; give one of them"
-            )
-        by_arch[row.arch] = row, run
+        for row in compare_runs([run], skip_others=True, allow_none=True):
+            if row.arch in by_arch:
+                raise SourceError(
+                    f"{by_arch[row.arch][1]} and {run} are both {row.arch}: the claims compare "
+                    "one run or seed group per model; give one of them"
+                )
+            by_arch[row.arch] = row, run
+    if not by_arch:
+        raise SourceError(
+            "no finished run or complete seed group of Table I's models among "
+            f"{', '.join(map(str, runs)) or 'the folders given'}; train some"
+        )
     rows = [row for row, _ in by_arch.values()]
     curves = {arch: _curve(run) for arch, (_, run) in by_arch.items()}
-    flows = {arch: training_flow(run) for arch, (_, run) in by_arch.items()}
+    flows = {arch: training_flow(by_arch[arch][1]) for arch in ABLATION_PAIR & by_arch.keys()}
     twins = [twin_claim(rows, pair) for pair in skip_pairs(list(by_arch))]
     return [
         accuracy_claim(rows),

@@ -327,7 +327,9 @@ def openvino_checks() -> list[Check]:
     ]
     for precision in OPENVINO_PRECISIONS:
         there = precision in listed
-        detail = "native on this CPU" if there else "not native here: rtk bench refuses its rows"
+        detail = "native on this CPU" if there else "not listed for this CPU"
+        if precision == "BF16" and not there:
+            detail += ": rtk bench refuses OpenVINO bf16 rows (an emulation slower than fp32)"
         checks.append(
             Check("openvino", f"OpenVINO {precision}", "ok" if there else "missing", detail)
         )

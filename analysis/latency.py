@@ -71,6 +71,7 @@ class BenchTarget:
     torch_model: torch.nn.Module | None = field(default=None, repr=False)
     input_shape: tuple[int, ...] = (3, 32, 32)  # per image, without the batch
     macs: int | None = None  # per image, from the PyTorch twin
+    fresh: bool = False  # exported from untrained weights (an architecture name): no accuracy
 
 
 def cpu_model() -> str:
@@ -198,7 +199,7 @@ def bench_openvino(
 ) -> tuple[LatencyStats, OVInfo]:
     """One synchronous request per call, the batch fixed at compile time."""
     compiled, info = compile_verified(
-        target.onnx_path, batch=batch, precision=precision, threads=threads
+        target.onnx_path, shape=(batch, *target.input_shape), precision=precision, threads=threads
     )
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal((batch, *target.input_shape)).astype(np.float32)

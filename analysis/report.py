@@ -90,9 +90,12 @@ def _group_reading(group: Path) -> tuple[dict[str, Any], dict[str, Any], Estimat
     return metrics, RunDir.open(runs[0].run).read_config(), summary.accuracy
 
 
-def compare_runs(runs: list[Path], *, skip_others: bool = False) -> list[CompareRow]:
+def compare_runs(
+    runs: list[Path], *, skip_others: bool = False, allow_none: bool = False
+) -> list[CompareRow]:
     """Table I's rows for these runs or seed groups; a run of a network outside the paper is an
-    error, or left out with ``skip_others`` (when every run under a folder is compared)."""
+    error, or left out with ``skip_others`` (when every run under a folder is compared). No row
+    at all is an error unless ``allow_none``."""
     rows = []
     for run in runs:
         seeds: Estimate | None = None
@@ -129,7 +132,7 @@ def compare_runs(runs: list[Path], *, skip_others: bool = False) -> list[Compare
                 seeds=seeds,
             )
         )
-    if not rows:
+    if not rows and not allow_none:
         raise SourceError(
             "no finished runs (with metrics.json) of Table I's models to compare; train some"
         )

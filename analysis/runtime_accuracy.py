@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from analysis.latency import BenchTarget
+from analysis.sources import check_classes
 from exporters import metadata
 from exporters.convert import file_sha256
 from exporters.errors import ExportError
@@ -33,9 +33,7 @@ from exporters.validate import (
 )
 from toolkit.data import Dataset
 from toolkit.models import batched_logits
-from toolkit.training import load_checkpoint, model_from_checkpoint
-
-CHECKPOINT = "best.pt"  # what `rtk export RUN` exports, beside which it writes its files
+from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
 
 
 @dataclass(frozen=True)
@@ -49,9 +47,8 @@ class RowAccuracy:
 def source_checkpoint(path: Path) -> Path:
     """The checkpoint ``path`` was exported from: the run's best.pt beside it, verified by the
     SHA-256 the file records."""
-    graph = onnx.load(str(path), load_external_data=False)
-    recorded = {p.key: p.value for p in graph.metadata_props}.get(metadata.CHECKPOINT_SHA256)
-    checkpoint = path.parent / CHECKPOINT
+    recorded = metadata.props(metadata.load_graph(path)).get(metadata.CHECKPOINT_SHA256)
+    checkpoint = RunDir(path.parent).best  # `rtk export RUN` writes its files beside it
     if recorded is None or not checkpoint.is_file():
         raise ExportError(
             f"{path} has no checkpoint beside it to measure accuracy against; bench the run "
@@ -73,8 +70,8 @@ def measure_accuracy(
     openvino_precisions: dict[Path, list[OVPrecision]],
     threads: int | None,
 ) -> list[RowAccuracy]:
-    """Each target through each runtime over ``dataset``'s test split. Checkpoints are checked
-    for every target before any inference runs."""
+    """Each target through each runtime over ``dataset``'s test split; a checkpoint trained on
+    other classes than the dataset's is refused."""
     sources = {t.onnx_path: source_checkpoint(t.onnx_path) for t in targets}
     references: dict[Path, tuple[np.ndarray, ParityInputs]] = {}
     rows = []
@@ -82,6 +79,7 @@ def measure_accuracy(
         checkpoint = sources[target.onnx_path]
         if checkpoint not in references:  # PyTorch fp32 once per checkpoint
             payload = load_checkpoint(checkpoint)
+            check_classes(payload["classes"], dataset, checkpoint)
             inputs = parity_inputs(dataset, len(dataset.test), payload["input_size"])
             model = model_from_checkpoint(payload)
             expected = batched_logits(model, inputs.images.split(BATCH)).numpy()

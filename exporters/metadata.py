@@ -6,6 +6,10 @@ only, so a reader and the writer cannot drift apart.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import onnx
+
 INPUT_NAME = "input"  # float32 (N, 3, H, W), normalised as NORMALIZATION says
 OUTPUT_NAME = "logits"  # float32 (N, classes)
 
@@ -20,3 +24,19 @@ TEST_ACC = "rtk.test_acc"
 CHECKPOINT_SHA256 = "rtk.checkpoint_sha256"
 CHECKPOINT_EPOCH = "rtk.checkpoint_epoch"
 VERSION = "rtk.version"
+
+
+def props(model: onnx.ModelProto) -> dict[str, str]:
+    """A model's metadata_props as a dict."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    """An ONNX file's graph and metadata (weights kept external where they are), or one line
+    saying it is no ONNX model."""
+    from exporters.errors import ExportError
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc

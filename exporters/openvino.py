@@ -12,7 +12,7 @@ Two traps make an unchecked number lie, and both are closed here:
   whose layers ran in another precision, and bf16 on a CPU that OpenVINO does not list as
   having it (it would emulate it, slower than fp32).
 
-Each batch size is compiled with that batch fixed (``reshape``), as OpenVINO's own
+Each batch size is compiled with the whole input shape fixed (``reshape``), as OpenVINO's own
 benchmark_app does with ``-shape``: static shapes let the CPU plugin pick its kernels once.
 Performance hint LATENCY, one stream: each timed call is one synchronous request, the way
 PyTorch eager and ONNX Runtime are timed beside it.
@@ -94,11 +94,12 @@ def runtime_layers(compiled: CompiledModel) -> dict[str, int]:
 def compile_verified(
     model: Path,
     *,
-    batch: int,
+    shape: tuple[int, ...],
     precision: OVPrecision,
     threads: int | None = None,
 ) -> tuple[CompiledModel, OVInfo]:
-    """``model`` compiled for the CPU at ``batch`` images, running in ``precision`` or refused."""
+    """``model`` compiled for the CPU with its input fixed at ``shape`` (batch first), running
+    in ``precision`` or refused."""
     import openvino
 
     if precision == "bf16" and "BF16" not in cpu_capabilities():
@@ -110,7 +111,7 @@ def compile_verified(
     core = openvino.Core()
     try:
         network = core.read_model(str(model))
-        network.reshape({network.inputs[0]: [batch, *network.inputs[0].get_partial_shape()[1:]]})
+        network.reshape({network.inputs[0]: list(shape)})
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": HINTS[precision],
             "PERFORMANCE_HINT": PERFORMANCE_HINT,
@@ -157,7 +158,9 @@ def openvino_logits(
     (verified as for timing), ``batch`` at a time; the last batch is padded to the compiled
     size and trimmed."""
     batch = min(batch, len(images))
-    compiled, _ = compile_verified(model, batch=batch, precision=precision, threads=threads)
+    compiled, _ = compile_verified(
+        model, shape=(batch, *images.shape[1:]), precision=precision, threads=threads
+    )
     request = compiled.create_infer_request()
     outputs = []
     for start in range(0, len(images), batch):

@@ -41,7 +41,7 @@ def to_fp16(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    props = {p.key: p.value for p in model.metadata_props}
+    props = metadata.props(model)
     # The converter appends the input/output Casts at the end of the node list, which the
     # ONNX checker rejects as unsorted; onnxslim sorts the graph (and folds what it can).
     half = onnxslim.slim(convert_float_to_float16(model, keep_io_types=True))
@@ -98,7 +98,7 @@ def to_int8(src: Path, dst: Path, calibration: Split, *, target: Int8Target = "c
             **recipe,  # type: ignore[arg-type]
         )
     model = onnx.load(str(dst))
-    props = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+    props = metadata.props(onnx.load(str(src)))
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {**props, metadata.PRECISION: "int8"})
     onnx.save(model, str(dst))

@@ -21,6 +21,7 @@ from tests.conftest import TinyData, write_imagefolder
 from tests.test_export import write_checkpoint
 from toolkit.cli import app
 from toolkit.data import load_dataset
+from toolkit.training import initial_checkpoint, save_checkpoint
 
 NATIVE_BF16 = "BF16" in cpu_capabilities()
 
@@ -82,12 +83,12 @@ def test_an_fp32_row_runs_fp32_on_a_cpu_whose_default_is_bf16(exported: Path, ti
     x = (tiny_data.test_images[:16].transpose(0, 3, 1, 2) / 255.0).astype(np.float32) - mean
     session, _ = create_session(model, "cpu")
     reference = session.run(None, {"input": x})[0]
-    compiled, info = compile_verified(model, batch=16, precision="fp32", threads=1)
+    compiled, info = compile_verified(model, shape=x.shape, precision="fp32", threads=1)
     assert info.hint == "f32" and set(info.layers) == {"Convolution f32", "FullyConnected f32"}
     logits = next(iter(compiled.create_infer_request().infer({0: x}).values()))
     np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=1e-4)
     if NATIVE_BF16:  # bf16 changes the numbers, not the answers much
-        compiled, info = compile_verified(model, batch=16, precision="bf16", threads=1)
+        compiled, info = compile_verified(model, shape=x.shape, precision="bf16", threads=1)
         halves = next(iter(compiled.create_infer_request().infer({0: x}).values()))
         assert not np.allclose(halves, reference, atol=1e-4)
         assert (halves.argmax(1) == reference.argmax(1)).mean() >= 0.8
@@ -129,7 +130,7 @@ def test_accuracy_beside_speed_on_the_whole_test_split(
         assert figure.format == "PNG" and figure.size[0] > 400
 
 
-@pytest.mark.parametrize("fault", ["copied away", "other weights"])
+@pytest.mark.parametrize("fault", ["copied away", "other weights", "other classes"])
 def test_accuracy_needs_the_checkpoint_the_file_came_from(
     exported: Path, tmp_path: Path, fault: str
 ):
@@ -138,11 +139,18 @@ def test_accuracy_needs_the_checkpoint_the_file_came_from(
         model = tmp_path / "model.onnx"
         shutil.copy(exported / "model.onnx", model)
         said = "has no checkpoint beside it"
-    else:
+    elif fault == "other weights":
         run = shutil.copytree(exported, tmp_path / "run")
         write_checkpoint(tmp_path / "other", "mini-resnet")
         shutil.copy(tmp_path / "other" / "best.pt", run / "best.pt")
         model, said = run / "model.onnx", "was exported from other weights"
+    else:  # a run trained on another dataset: its accuracy on this one means nothing
+        run = tmp_path / "run"
+        run.mkdir()
+        payload = initial_checkpoint("baseline-cnn", [f"kind {i}" for i in range(10)])
+        save_checkpoint(run / "best.pt", payload)
+        export_onnx(run, dataset=None, parity_images=8)
+        model, said = run / "model.onnx", "was trained on classes ['kind 0'"
     result = run_cli("bench", model, "--accuracy", "--data", data, "--iters", "1",
                      "--runs", tmp_path / "runs")  # fmt: skip
     assert result.exit_code == 2 and said in result.stderr, result.output
@@ -151,7 +159,7 @@ def test_accuracy_needs_the_checkpoint_the_file_came_from(
 
 def test_a_precision_that_would_not_run_is_refused(exported: Path):
     with pytest.raises(OpenVINOError, match=r"would not run it in int8 \(.*Convolution f32"):
-        compile_verified(exported / "model.onnx", batch=1, precision="int8")
+        compile_verified(exported / "model.onnx", shape=(1, 3, 32, 32), precision="int8")
 
 
 @pytest.mark.parametrize(
@@ -161,6 +169,8 @@ def test_a_precision_that_would_not_run_is_refused(exported: Path):
         (["--runtime", "openvino,openvino"], "--runtime takes ort and openvino, each once"),
         (["--runtime", "openvino", "--provider", "cuda"], "OpenVINO runs on the CPU here"),
         (["--bf16"], "--bf16 times OpenVINO's bf16: add --runtime openvino"),
+        (["--accuracy", "--provider", "cuda"], "--accuracy runs the test split on the CPU"),
+        (["--plot", "p.png"], "--data and --plot go with --accuracy"),
     ],
 )
 def test_bench_openvino_settings_refused_in_one_line(
@@ -170,6 +180,18 @@ def test_bench_openvino_settings_refused_in_one_line(
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bench").exists()  # refused before anything was timed or written
+
+
+def test_accuracy_of_untrained_weights_and_rows_of_one_name_are_refused(
+    exported: Path, tmp_path: Path
+):
+    fresh = run_cli("bench", "mini-resnet", "--accuracy", "--iters", "1", "--runs", tmp_path)
+    assert fresh.exit_code == 2 and "untrained weights, which have no accuracy" in fresh.stderr
+    copy = shutil.copytree(exported, tmp_path / "copy")
+    twice = run_cli("bench", exported / "model.onnx", copy / "model.onnx", "--iters", "1",
+                    "--runs", tmp_path)  # fmt: skip
+    assert twice.exit_code == 2 and "would both be the fp32 rows of mini-resnet" in twice.stderr
+    assert not (tmp_path / "bench").exists()
 
 
 def test_bf16_without_native_bf16_is_refused_before_timing(
@@ -186,7 +208,7 @@ def test_doctor_lists_openvinos_precisions_as_the_cpu_flags_say():
     flags = set(Path("/proc/cpuinfo").read_text().split())
     rows = {c.name: c for c in openvino_checks()}
     assert rows["OpenVINO FP32"].status == "ok"
-    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    native = bool(flags & {"avx512_bf16", "amx_bf16", "avx2_vnni_2"})
     assert (rows["OpenVINO BF16"].status == "ok") == native
     assert "CPU plugin lists" in rows["OpenVINO"].detail
 

@@ -18,7 +18,7 @@ from analysis.gradients import GradientProfile, LayerGradient
 from analysis.report import CompareRow, runs_under
 from analysis.seeds import estimate, paired_difference, percent
 from analysis.sources import SourceError
-from analysis.verdicts import judge_interval, paired_claim
+from analysis.verdicts import both, judge_interval, paired_claim
 from tests.conftest import TinyData, write_imagefolder
 from tests.test_training import _InterruptAt
 from toolkit.cli import app
@@ -256,15 +256,15 @@ def _mean_curve(group: Path, seeds: tuple[int, ...]) -> list[float]:
     return [sum(r[i]["val_acc"] for r in rows) / len(rows) for i in range(len(rows[0]))]
 
 
-def _first_layer_flow(group: Path, seeds: tuple[int, ...]) -> float:
-    """The first layer's gradient norm as each seed's history.jsonl recorded it, averaged
-    over epochs, then seeds."""
+def _first_layer_flows(group: Path, seeds: tuple[int, ...]) -> list[float]:
+    """Per seed, the first layer's gradient norm as its history.jsonl recorded it, averaged
+    over the epochs."""
     per_seed = []
     for seed in seeds:
         norms = [r["grad_norms"] for r in _history(group / f"seed-{seed}")]
         first = next(iter(norms[0]))
         per_seed.append(sum(n[first] for n in norms) / len(norms))
-    return sum(per_seed) / len(per_seed)
+    return per_seed
 
 
 def test_report_claims_judges_the_papers_claims_from_seed_groups(trained: Trained, tmp_path: Path):
@@ -285,14 +285,14 @@ def test_report_claims_judges_the_papers_claims_from_seed_groups(trained: Traine
     # Claim 4: the accuracy half is `rtk report seeds`' paired verdict; the gradient half
     # compares the first layer's recorded norms.
     said = json.loads(_rtk("report", "seeds", skip, plain, "--json").stdout)["verdicts"][0]
-    flows = _first_layer_flow(plain, seeds), _first_layer_flow(skip, seeds)
+    with_skips, without = _first_layer_flows(skip, seeds), _first_layer_flows(plain, seeds)
     ablation = verdicts["4."]
     assert "paired by seed" in ablation["evidence"] and "n = 3" in ablation["evidence"]
-    assert f"{flows[0]:.3g} without skips vs {flows[1]:.3g} with" in ablation["evidence"]
-    if said["verdict"] == "not supported" or flows[0] >= flows[1]:
-        assert ablation["verdict"] == "not supported"
-    elif said["verdict"] == "supported":
-        assert ablation["verdict"] in ("supported", "inconclusive")
+    means = f"{sum(without) / 3:.3g} without skips vs {sum(with_skips) / 3:.3g} with"
+    assert means in ablation["evidence"]
+    differences = [a - b for a, b in zip(with_skips, without, strict=True)]
+    flow = judge_interval(estimate("flow", list(seeds), differences).interval, 0.0)
+    assert ablation["verdict"] == both(said["verdict"], flow)
     # The pair on its own: the very verdict `rtk report seeds` gives.
     assert verdicts["resnet18"]["verdict"] == said["verdict"]
     # Claim 2: each residual network against its plain twin on the mean curves over seeds.
@@ -405,6 +405,19 @@ def test_a_new_group_may_take_an_empty_folder_or_a_killed_manifest_write_only(tm
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SeedGroupError, match="already exists and is not a seed group"):
         SeedGroup.create(tmp_path / "other", config, (0,), data="/data")
+
+
+def test_convergence_skips_epochs_without_validation():
+    """A run trained with --val-size 0 has no validation accuracy: no comparison, no crash."""
+    from analysis.claims import convergence_claim
+
+    none = [{"epoch": 1, "val_acc": None}, {"epoch": 2, "val_acc": None}]
+    some = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6}]
+    assert convergence_claim({"mini-resnet": none, "baseline-cnn": some}).verdict == (
+        "not measured"
+    )
+    verdict = convergence_claim({"mini-resnet": some, "baseline-cnn": [some[0], none[1]]})
+    assert "ahead of baseline-cnn in 0/1 epochs" in verdict.evidence
 
 
 def test_a_full_disk_writing_group_json_names_it_and_trains_nothing(

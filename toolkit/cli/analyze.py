@@ -544,9 +544,11 @@ def claims(
     as_json: bool = JsonOption,
 ) -> None:
     """The paper's claims that run records decide (1, 2, 4 and 5(ii)), each residual network
-    against its plain twin, and where the Mini-ResNet's lead comes from: a verdict each, on the
-    paired 95% interval where both sides are seed groups. Claims 3, 5(i) and 5(iii) need weights
-    or a benchmark: `rtk reproduce` judges them."""
+    against its plain twin, and where the Mini-ResNet's lead comes from. Accuracy differences
+    between two seed groups are judged on their paired 95% interval (a residual network and its
+    twin on one run each: inconclusive); rankings and curves on the means over seeds; claim 4's
+    gradient half on the norms training recorded. Claims 3, 5(i) and 5(iii) need weights or a
+    benchmark: `rtk reproduce` judges them."""
     from analysis.claims import claims_markdown, record_claims
     from analysis.records import record_paths
 

@@ -74,7 +74,9 @@ def inference(
     warmup: int = typer.Option(10, help="Untimed calls before timing."),
     iters: int | None = typer.Option(None, help="Timed calls per batch size."),
     seconds: float = typer.Option(2.0, help="Seconds of timed calls (when --iters is not given)."),
-    threads: int | None = typer.Option(None, help="Intra-op threads for ORT and PyTorch."),
+    threads: int | None = typer.Option(
+        None, help="Intra-op threads for ORT, OpenVINO and PyTorch \\[their defaults]."
+    ),
     io_binding: bool = typer.Option(
         True,
         help="cuda/tensorrt: inputs and outputs stay on the device, as eager's do; "
@@ -187,12 +189,14 @@ def inference(
         targets, notes = resolve_targets(
             models, runs=runs, workdir=Path(workdir), input_shape=shape
         )
-        dataset = None
-        if accuracy:
-            from toolkit.data import load_dataset
+        from toolkit.data import load_dataset
 
-            dataset = load_dataset(data, announce=notice)
-        report = run_bench(targets, settings=settings, notes=notes, accuracy_on=dataset)
+        report = run_bench(
+            targets,
+            settings=settings,
+            notes=notes,
+            accuracy_on=(lambda: load_dataset(data, announce=notice)) if accuracy else None,
+        )
     if as_json:
         print_json(report)
     else:
