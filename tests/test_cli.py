@@ -281,7 +281,7 @@ def test_every_train_option_reaches_the_settings_or_is_the_commands_own():
     from toolkit.config import TrainConfig
 
     own = {"archs", "recipe", "seeds", "data", "out", "name", "resume", "nproc", "tensorboard"}
-    own |= {"quiet", "as_json"}
+    own |= {"quiet", "as_json", "executor", "ray_address", "cpus_per_run", "gpus_per_run"}
     options = set(inspect.signature(train).parameters)
     settings = {f.name for f in fields(TrainConfig)}
     dropped = {o for o in options - own if _OPTION_SETTING.get(o, o) not in settings}

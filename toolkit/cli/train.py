@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from toolkit.data import Dataset
     from toolkit.training import SeedGroup, Trainer, TrainResult
     from toolkit.training.observers import Observers
+    from toolkit.training.ray_runs import RaySettings
 
 
 class RichObserver:
@@ -242,6 +245,18 @@ def train(
     ),
     quiet: bool = typer.Option(False, help="No progress bars or epoch lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    executor: str = typer.Option(
+        "local",
+        help="Seed groups: local (one seed after another here) or ray (each seed a Ray task, "
+        "on a cluster or a local Ray instance; --out and the data on storage every node sees).",
+    ),
+    ray_address: str | None = typer.Option(
+        None, help="--executor ray: the cluster to use \\[RAY_ADDRESS, else a local instance]."
+    ),
+    cpus_per_run: float | None = typer.Option(
+        None, help="--executor ray: CPUs each run takes \\[this machine's count]."
+    ),
+    gpus_per_run: float = typer.Option(0.0, help="--executor ray: GPUs each run takes."),
 ) -> None:
     """Train architectures with the paper's recipe (or --recipe sgd|seed003|fast); test the best
     weights."""
@@ -250,6 +265,7 @@ def train(
     overrides = _settings(locals())
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    ray = _ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
     if resume is not None:
         given = {**overrides, "recipe": recipe, "name": name, "seeds": seeds, "out": out}
         given["nproc"] = nproc if nproc > 1 else None  # a resumed run keeps its process count
@@ -269,8 +285,37 @@ def train(
         plan = _new_plan(
             archs or [], recipe, overrides, seeds=seeds, nproc=nproc, out=where, name=name
         )
-    options = {"tensorboard": tensorboard, "quiet": quiet, "as_json": as_json}
+    if ray is not None and not (plan.groups or plan.new_groups):
+        raise ConfigError(
+            "--executor ray trains the seeds of a group as Ray tasks: give --seeds (or --resume "
+            "a seed group); a single run trains here, or across processes with --nproc"
+        )
+    options = {"tensorboard": tensorboard, "quiet": quiet, "as_json": as_json, "ray": ray}
     _run_plan(plan, data, resuming=resume is not None, **options)
+
+
+def _ray_settings(
+    executor: str, address: str | None, cpus: float | None, gpus: float
+) -> RaySettings | None:
+    """The Ray executor's settings, or None for the local loop; refused in one line when off."""
+    from toolkit.training import ConfigError
+    from toolkit.training.ray_runs import RaySettings
+
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor is local or ray, got {executor!r}")
+    if executor == "local":
+        given = [f for f, v in (("--ray-address", address), ("--cpus-per-run", cpus)) if v]
+        if gpus:
+            given.append("--gpus-per-run")
+        if given:
+            raise ConfigError(f"{', '.join(given)} go with --executor ray")
+        return None
+    cpus = float(os.cpu_count() or 1) if cpus is None else cpus
+    if not (math.isfinite(cpus) and cpus > 0) or not (math.isfinite(gpus) and gpus >= 0):
+        raise ConfigError(
+            f"--cpus-per-run must be positive and --gpus-per-run 0 or more, got {cpus} and {gpus}"
+        )
+    return RaySettings(address=address, cpus_per_run=cpus, gpus_per_run=gpus)
 
 
 # Options named apart from the setting they give (`compile` would shadow the builtin).
@@ -371,10 +416,17 @@ def _new_plan(
 
 
 def _run_plan(
-    plan: _Plan, data: Path | None, *, resuming: bool, tensorboard: bool, quiet: bool, as_json: bool
+    plan: _Plan,
+    data: Path | None,
+    *,
+    resuming: bool,
+    tensorboard: bool,
+    quiet: bool,
+    as_json: bool,
+    ray: RaySettings | None,
 ) -> None:
     from toolkit.data import load_dataset
-    from toolkit.training import ConfigError, SeedGroup, Trainer, check_dataset
+    from toolkit.training import ConfigError, RunDir, SeedGroup, Trainer, check_dataset
     from toolkit.training.device import check_precision
 
     # Under torchrun every rank would make the group, and each seed's run ends the process group.
@@ -387,20 +439,32 @@ def _run_plan(
         check_dataset(config, classes=len(dataset.classes), train_images=len(dataset.train))
     for group in plan.groups:
         group.check_data(dataset)
-    groups = plan.groups + [
-        SeedGroup.create(path, config, seeds, data=str(dataset.source.path))
-        for config, path, seeds in plan.new_groups
-    ]
     out_console = err_console if as_json else console
-    if groups:
-        summaries = []
-        for index, group in enumerate(groups):
-            # After Ctrl-C, one line continues this group and every one after it.
-            rerun = " && ".join(f"rtk train --resume {g.path}" for g in groups[index:])
-            summary = _train_group(
-                group, dataset, rerun=rerun, tensorboard=tensorboard, quiet=quiet, as_json=as_json
-            )
-            summaries.append(summary)
+    if plan.groups or plan.new_groups:
+        from toolkit.training.ray_runs import ray_session
+
+        # Ray is reached, and its resources checked, before any group folder is made (and not
+        # at all when every seed of the groups resumed has finished).
+        unfinished = plan.new_groups or any(
+            not RunDir(g.run_path(seed)).finished for g in plan.groups for seed in g.seeds
+        )
+        on_ray = ray is not None and unfinished
+        with ray_session(ray) if on_ray else contextlib.nullcontext():  # type: ignore[arg-type]
+            groups = plan.groups + [
+                SeedGroup.create(path, config, seeds, data=str(dataset.source.path))
+                for config, path, seeds in plan.new_groups
+            ]
+            summaries = []
+            for index, group in enumerate(groups):
+                # After Ctrl-C, one line continues this group and every one after it.
+                rerun = " && ".join(
+                    f"rtk train --resume {g.path}{_ray_flags(ray)}" for g in groups[index:]
+                )
+                summary = _train_group(
+                    group, dataset, rerun=rerun, tensorboard=tensorboard, quiet=quiet,
+                    as_json=as_json, ray=ray,
+                )  # fmt: skip
+                summaries.append(summary)
         if as_json:
             print_json(summaries if len(summaries) > 1 else summaries[0])
         return
@@ -418,6 +482,64 @@ def _run_plan(
             _print_result(result)
     if as_json and main_rank:
         print_json(results if len(results) > 1 else results[0])
+
+
+def _ray_flags(ray: RaySettings | None) -> str:
+    """The options that train a group on Ray again, for the command printed after Ctrl-C."""
+    if ray is None:
+        return ""
+    address = f" --ray-address {ray.address}" if ray.address else ""
+    gpus = f" --gpus-per-run {ray.gpus_per_run:g}" if ray.gpus_per_run else ""
+    return f" --executor ray{address} --cpus-per-run {ray.cpus_per_run:g}{gpus}"
+
+
+def _train_group_on_ray(
+    group: SeedGroup,
+    dataset: Dataset,
+    ray: RaySettings,
+    *,
+    rerun: str,
+    tensorboard: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """The group's unfinished seeds as Ray tasks, all at once; each is reported as it ends,
+    a finished seed reused as the local loop reuses it."""
+    from toolkit.training import RunDir, TrainingInterrupted
+    from toolkit.training.ray_runs import check_shared, job_settings, train_runs
+
+    out = err_console if as_json else console
+    jobs = []
+    for seed in group.seeds:
+        run_path = group.run_path(seed)
+        if not RunDir(run_path).finished:
+            jobs.append((job_settings(group.config(seed)), run_path))
+        elif not quiet:
+            reused = f" seed {seed}: finished earlier, reused ({run_path})"
+            out.print(styled((group.arch, "bold"), reused))
+    if not jobs:
+        return
+    check_shared(group.path, dataset.source.path)
+    if not quiet:
+        out.print(
+            styled(
+                (group.arch, "bold"),
+                f" {len(jobs)} seed(s) as Ray tasks, {ray.cpus_per_run:g} CPU and "
+                f"{ray.gpus_per_run:g} GPU each -> {group.path}",
+            )
+        )
+
+    def done(run: Path, result: TrainResult | None) -> None:
+        if result is not None and not as_json:
+            _print_result(result)
+
+    try:
+        train_runs(jobs, dataset.source.path, ray, tensorboard=tensorboard, done=done)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted; the Ray tasks were cancelled and each run keeps its finished "
+            f"epochs: rerun `{rerun}` to continue"
+        ) from None
 
 
 def _observers(run_path: Path, *, tensorboard: bool, quiet: bool, out: Console) -> Observers:
@@ -465,6 +587,7 @@ def _train_group(
     tensorboard: bool,
     quiet: bool,
     as_json: bool,
+    ray: RaySettings | None,
 ) -> GroupSummary:
     """Each seed in turn: a finished seed is reused, a started one resumed, the rest trained;
     then the group's summary over its seeds. ``rerun`` continues the job after Ctrl-C."""
@@ -474,21 +597,27 @@ def _train_group(
 
     out = err_console if as_json else console
     with writing(group.path):  # one process trains a group: a second is refused
-        for seed in group.seeds:
-            run_path = group.run_path(seed)
-            observer = _observers(run_path, tensorboard=tensorboard, quiet=quiet, out=out)
-            action, trainer = open_run(group.config(seed), run_path, dataset, observer=observer)
-            if trainer is None:
+        if ray is not None:
+            _train_group_on_ray(
+                group, dataset, ray, rerun=rerun, tensorboard=tensorboard, quiet=quiet,
+                as_json=as_json,
+            )  # fmt: skip
+        else:
+            for seed in group.seeds:
+                run_path = group.run_path(seed)
+                observer = _observers(run_path, tensorboard=tensorboard, quiet=quiet, out=out)
+                action, trainer = open_run(group.config(seed), run_path, dataset, observer=observer)
+                if trainer is None:
+                    if not quiet:
+                        reused = f" seed {seed}: finished earlier, reused ({run_path})"
+                        out.print(styled((group.arch, "bold"), reused))
+                    continue
                 if not quiet:
-                    reused = f" seed {seed}: finished earlier, reused ({run_path})"
-                    out.print(styled((group.arch, "bold"), reused))
-                continue
-            if not quiet:
-                _announce(trainer, run_path, out, resuming=action == "resume")
-            with rerun_on_interrupt(run_path, rerun):
-                result = trainer.run()
-            if not as_json:
-                _print_result(result)
+                    _announce(trainer, run_path, out, resuming=action == "resume")
+                with rerun_on_interrupt(run_path, rerun):
+                    result = trainer.run()
+                if not as_json:
+                    _print_result(result)
     summary = summarize_group(group.path)
     if not as_json:
         seeds = ",".join(map(str, summary.seeds))

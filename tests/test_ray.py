@@ -1,0 +1,115 @@
+"""`rtk train --seeds ... --executor ray`: each seed a Ray task on a local Ray instance, with the
+very numbers of the local loop, a killed worker's run resumed, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TinyData, write_imagefolder
+from toolkit.training import RunDir
+
+EPOCHS = ["--epochs", "3", "--val-size", "50", "--batch-size", "32", "--device", "cpu"]
+TIMING = ("epoch_s", "images_per_s", "peak_mem_mb", "compile_s")
+
+
+def _rtk(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("rtk")), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+
+
+def _numbers(run: Path) -> tuple[list[dict], dict]:
+    """A run's history without its timings, and its test results."""
+    history = [{k: v for k, v in r.items() if k not in TIMING} for r in RunDir(run).read_history()]
+    metrics = json.loads((run / "metrics.json").read_text())
+    return history, {k: metrics[k] for k in ("test_acc", "test_loss", "best_epoch")}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
+    return write_imagefolder(tmp_path_factory.mktemp("ray") / "cifar10-jpeg", tiny_data)
+
+
+@pytest.fixture(scope="module")
+def local_group(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local")
+    done = _rtk("train", "baseline-cnn", "--seeds", "0,1", *EPOCHS, "--data", data, "--out", out,
+                "--name", "g", "--quiet")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out / "g"
+
+
+def test_a_seed_group_through_ray_has_the_local_groups_numbers(
+    data: Path, local_group: Path, tmp_path: Path
+):
+    threads = str(torch.get_num_threads())  # what a local run here computes with
+    done = _rtk("train", "baseline-cnn", "--seeds", "0,1", *EPOCHS, "--data", data,
+                "--out", tmp_path, "--name", "g", "--executor", "ray",
+                "--cpus-per-run", threads, "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["seeds"] == [0, 1] and summary["arch"] == "baseline-cnn"
+    for seed in (0, 1):
+        assert _numbers(tmp_path / "g" / f"seed-{seed}") == _numbers(local_group / f"seed-{seed}")
+    assert not list((tmp_path / "g").glob(".rtk-ray-probe-*"))  # the storage probe is gone
+    again = _rtk("train", "--resume", tmp_path / "g", "--data", data, "--executor", "ray")
+    assert again.returncode == 0 and "seed 1: finished earlier, reused" in again.stdout
+
+
+def test_a_killed_worker_is_retried_and_its_run_resumes(
+    data: Path, local_group: Path, tmp_path: Path
+):
+    """kill -9 of the worker training seed 0 after its first epoch: Ray retries the task, the
+    retry resumes from last.pt, and the numbers are still the local loop's."""
+    threads = str(torch.get_num_threads())
+    args = ["train", "baseline-cnn", "--seeds", "0", *EPOCHS, "--data", data, "--out", tmp_path,
+            "--name", "g", "--executor", "ray", "--cpus-per-run", threads, "--quiet"]  # fmt: skip
+    driver = subprocess.Popen(
+        [str(Path(sys.executable).with_name("rtk")), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = tmp_path / "g" / "seed-0"
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and driver.poll() is None and time.monotonic() < deadline:
+        lock = run / ".rtk.lock"
+        if (run / "last.pt").is_file() and lock.is_file():
+            holder = lock.read_text().split()  # "process PID (command)"
+            if len(holder) > 1 and holder[1].isdigit():
+                killed = int(holder[1])
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.01)
+    _, stderr = driver.communicate(timeout=300)
+    assert killed is not None and killed != driver.pid, "the run ended before it could be killed"
+    assert driver.returncode == 0, stderr
+    assert _numbers(run) == _numbers(local_group / "seed-0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--executor", "dask"], "--executor is local or ray"),
+        (["--cpus-per-run", "2"], "--cpus-per-run go with --executor ray"),
+        (["--executor", "ray"], "--executor ray trains the seeds of a group"),
+        (["--executor", "ray", "--seeds", "0", "--cpus-per-run", "0"], "must be positive"),
+        (["--executor", "ray", "--seeds", "0", "--cpus-per-run", "512"], "but the Ray cluster has"),
+        (
+            ["--executor", "ray", "--seeds", "0", "--ray-address", "127.0.0.1:1"],
+            "cannot start or reach the Ray cluster at 127.0.0.1:1",
+        ),
+    ],
+)
+def test_ray_settings_refused_in_one_line(data: Path, tmp_path: Path, args: list[str], message):
+    done = _rtk("train", "baseline-cnn", *EPOCHS, "--data", data, "--out", tmp_path, *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not any(p.name.startswith("seed-") for p in tmp_path.rglob("*"))  # nothing trained
