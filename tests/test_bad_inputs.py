@@ -270,6 +270,12 @@ _EPOCH = (
     '"lr": 0.001, "epoch_s": 1.0, "images_per_s": 100.0, "peak_mem_mb": 10.0}\n'
 )
 
+_METRICS = (  # a finished run's test result, as rtk writes it
+    '{"arch": "baseline-cnn", "test_acc": 0.5, "test_acc_tta": null, "test_loss": 1.0, '
+    '"best_epoch": 1, "epochs_run": 1, "stopped_early": false, "train_s": 1.0, '
+    '"device": "cpu", "test_images": 10}'
+)
+
 # fmt: off
 ROWS = [
     # rtk train: every setting finite and in range, refused before a run folder exists
@@ -459,6 +465,14 @@ ROWS = [
     Row("history-grad-norms-mistyped", ["report", "curves", "{ws}/runs/r"], 2,
         "has grad_norms [1, 2] (want an object, each value a number)",
         setup=_run_folder({"history.jsonl": _EPOCH.replace("}", ', "grad_norms": [1, 2]}')})),
+    Row("metrics-newer-format", ["report", "compare", "{ws}/runs/r"], 2,
+        "is in format 2, newer than the 1 this rtk reads",
+        setup=_run_folder({"metrics.json": '{"format": 2, "arch": "baseline-cnn"}',
+                           "config.json": '{"settings": {"epochs": 1}}'})),
+    Row("config-format-not-a-number", ["report", "compare", "{ws}/runs/r"], 2,
+        "has format '1', which is no layout version",
+        setup=_run_folder({"config.json": '{"format": "1", "settings": {}}',
+                           "metrics.json": _METRICS})),
     Row("metrics-mistyped", ["report", "compare", "{ws}/runs/r"], 2,
         "has test_acc '0.9' (want a number), stopped_early 0 (want true or false)",
         setup=_run_folder({"metrics.json": '{"arch": "baseline-cnn", "test_acc": "0.9", '
@@ -478,6 +492,8 @@ ROWS = [
     Row("group-optimizer-unknown", ["report", "seeds", "{ws}/runs/g"], 2,
         "group.json holds a setting this rtk cannot train with: --optimizer must be one of",
         _edited_group(settings={"optimizer": "rmsprop"})),
+    Row("group-newer-format", ["train", "--resume", "{ws}/runs/g", "--data", "{data}"], 2,
+        "group.json is in format 7, newer than the 1 this rtk reads", _edited_group(format=7)),
     Row("group-seed-bool", ["report", "seeds", "{ws}/runs/g"], 2,
         "is not an rtk seed group manifest", _edited_group(seeds=[True, 1])),
     Row("group-epochs-text", ["train", "--resume", "{ws}/runs/g", "--data", "{data}"], 2,

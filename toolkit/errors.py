@@ -24,3 +24,7 @@ class OutputError(RtkError):
 
 class FolderBusyError(RtkError):
     """Another process is writing the folder this command would write."""
+
+
+class FormatError(RtkError):
+    """A file rtk wrote is in a layout this version cannot read (a newer rtk's, or edited)."""

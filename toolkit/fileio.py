@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import FolderBusyError, OutputError
+from toolkit.errors import FolderBusyError, FormatError, OutputError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -204,3 +204,19 @@ def parse_json(text: str) -> Any:
         return json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+FORMAT_KEY = "format"  # the version of a JSON file's layout; files from before it are format 1
+
+
+def check_format(content: object, known: int, where: Path) -> None:
+    """A JSON file rtk wrote is in a layout this rtk reads: its ``format`` (1 when absent) is a
+    whole number no newer than ``known``; a newer one is refused in one line, never misread."""
+    version = content.get(FORMAT_KEY, 1) if isinstance(content, dict) else 1
+    if type(version) is not int or version < 1:
+        raise FormatError(f"{where} has {FORMAT_KEY} {version!r}, which is no layout version")
+    if version > known:
+        raise FormatError(
+            f"{where} is in format {version}, newer than the {known} this rtk reads: it was "
+            "written by a newer rtk; upgrade rtk to read it"
+        )

@@ -22,10 +22,12 @@ from toolkit.config import ConfigError, TrainConfig, config_from_settings
 from toolkit.data import Dataset
 from toolkit.errors import RtkError
 from toolkit.fileio import (
+    FORMAT_KEY,
     LOCK_NAME,
     TEMP_SUFFIX,
     FolderLock,
     atomic_path,
+    check_format,
     parse_json,
     remove_leftover_temps,
 )
@@ -33,6 +35,7 @@ from toolkit.training.engine import Observer, Trainer, TrainingInterrupted
 from toolkit.training.rundir import RunDir, resume_config
 
 KIND = "rtk seed group"  # tells a manifest from any other group.json
+MANIFEST_FORMAT = 1  # the layout of group.json this rtk writes and reads
 
 RunAction = Literal["reuse", "resume", "start"]
 
@@ -106,6 +109,7 @@ class SeedGroup:
     def _write_manifest(self, data: str) -> None:
         remove_leftover_temps(self.manifest)
         content = {
+            FORMAT_KEY: MANIFEST_FORMAT,
             "kind": KIND,
             "arch": self.arch,
             "seeds": list(self.seeds),
@@ -130,6 +134,7 @@ class SeedGroup:
             ) from exc
         except (OSError, ValueError) as exc:
             raise SeedGroupError(f"{manifest} is not readable JSON ({exc})") from exc
+        check_format(content, MANIFEST_FORMAT, manifest)
         seeds = content.get("seeds") if isinstance(content, dict) else None
         if (
             not isinstance(content, dict)

@@ -26,7 +26,15 @@ import torchvision
 from toolkit import __version__
 from toolkit.config import ConfigError, TrainConfig, config_from_settings, mistyped
 from toolkit.errors import RtkError
-from toolkit.fileio import LOCK_NAME, TEMP_SUFFIX, atomic_path, parse_json, remove_leftover_temps
+from toolkit.fileio import (
+    FORMAT_KEY,
+    LOCK_NAME,
+    TEMP_SUFFIX,
+    atomic_path,
+    check_format,
+    parse_json,
+    remove_leftover_temps,
+)
 from toolkit.training.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.training.device import cpu_description
 from toolkit.training.records import EpochRecord, TrainResult
@@ -56,6 +64,9 @@ METRIC_KEYS = (
     "test_images",
 )
 LATER_METRIC_KEYS = ("precision", "test_precision")  # written since bf16; older runs lack them
+# The layouts of config.json and metrics.json this rtk writes and reads (``check_format``).
+CONFIG_FORMAT = 1
+METRICS_FORMAT = 1
 _EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochRecord))
 
 
@@ -215,6 +226,7 @@ class RunDir:
         precision: dict[str, str],
     ) -> None:
         content = {
+            FORMAT_KEY: CONFIG_FORMAT,
             "settings": config.to_dict(),
             "device": device,
             "precision": precision,
@@ -241,6 +253,7 @@ class RunDir:
 
     def read_config(self) -> dict[str, Any]:
         content = self._read_json(self.CONFIG, "is it an rtk run directory?")
+        check_format(content, CONFIG_FORMAT, self.path / self.CONFIG)
         if not isinstance(content, dict) or not isinstance(content.get("settings"), dict):
             raise RunDirError(f"{self.path / self.CONFIG} holds no training settings")
         return content
@@ -363,11 +376,15 @@ class RunDir:
 
     def write_metrics(self, result: TrainResult) -> None:
         summary = result.summary()
-        metrics = {key: summary[key] for key in (*METRIC_KEYS, *LATER_METRIC_KEYS)}
+        metrics = {
+            FORMAT_KEY: METRICS_FORMAT,
+            **{key: summary[key] for key in (*METRIC_KEYS, *LATER_METRIC_KEYS)},
+        }
         _write_text(self.path / self.METRICS, json.dumps(metrics, indent=2) + "\n")
 
     def read_metrics(self) -> dict[str, Any]:
         metrics = self._read_json(self.METRICS, "the run has not finished")
+        check_format(metrics, METRICS_FORMAT, self.path / self.METRICS)
         missing = [k for k in METRIC_KEYS if not isinstance(metrics, dict) or k not in metrics]
         bad = [] if missing else mistyped(metrics, TrainResult, (*METRIC_KEYS, *LATER_METRIC_KEYS))
         if missing or bad:
