@@ -21,9 +21,17 @@ EPOCHS = ["--epochs", "3", "--val-size", "50", "--batch-size", "32", "--device",
 TIMING = ("epoch_s", "images_per_s", "peak_mem_mb", "compile_s")
 
 
-def _rtk(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).with_name("rtk")), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+RTK = str(Path(sys.executable).with_name("rtk"))
+# No cluster from the environment: every test starts its own local Ray instance.
+ENV = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+TIMEOUT_S = 600  # a hang fails the test instead of the CI job
+
+
+def _rtk(*args: object) -> subprocess.CompletedProcess:
+    command = [RTK, *map(str, args)]
+    return subprocess.run(
+        command, capture_output=True, text=True, check=False, env=ENV, timeout=TIMEOUT_S
+    )
 
 
 def _numbers(run: Path) -> tuple[list[dict], dict]:
@@ -64,33 +72,52 @@ def test_a_seed_group_through_ray_has_the_local_groups_numbers(
     assert again.returncode == 0 and "seed 1: finished earlier, reused" in again.stdout
 
 
+def test_a_runs_own_error_is_not_retried_and_is_one_line(local_group: Path, data, tmp_path):
+    """A partly trained group resumed through Ray: seed 0 is reused, seed 1 cannot be written
+    (a file where its folder goes), which is the run's own error: one line, exit 2, no retry."""
+    import shutil
+
+    group = shutil.copytree(local_group, tmp_path / "g")
+    shutil.rmtree(group / "seed-1")
+    (group / "seed-1").write_text("not a run folder")
+    done = _rtk("train", "--resume", group, "--data", data, "--executor", "ray")
+    assert done.returncode == 2, done.stderr
+    assert "seed 0: finished earlier, reused" in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "seed-1" in lines[0] and "Traceback" not in done.stderr
+
+
 def test_a_killed_worker_is_retried_and_its_run_resumes(
     data: Path, local_group: Path, tmp_path: Path
 ):
     """kill -9 of the worker training seed 0 after its first epoch: Ray retries the task, the
-    retry resumes from last.pt, and the numbers are still the local loop's."""
+    retry resumes from last.pt after that epoch, and the numbers are still the local loop's."""
     threads = str(torch.get_num_threads())
     args = ["train", "baseline-cnn", "--seeds", "0", *EPOCHS, "--data", data, "--out", tmp_path,
             "--name", "g", "--executor", "ray", "--cpus-per-run", threads, "--quiet"]  # fmt: skip
     driver = subprocess.Popen(
-        [str(Path(sys.executable).with_name("rtk")), *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [RTK, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     run = tmp_path / "g" / "seed-0"
-    killed = None
-    deadline = time.monotonic() + 300
-    while killed is None and driver.poll() is None and time.monotonic() < deadline:
-        lock = run / ".rtk.lock"
-        if (run / "last.pt").is_file() and lock.is_file():
-            holder = lock.read_text().split()  # "process PID (command)"
-            if len(holder) > 1 and holder[1].isdigit():
-                killed = int(holder[1])
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.01)
-    _, stderr = driver.communicate(timeout=300)
+    killed, epochs_then = None, 0
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while killed is None and driver.poll() is None and time.monotonic() < deadline:
+            lock, history = run / ".rtk.lock", run / "history.jsonl"
+            epochs = len(history.read_text().splitlines()) if history.is_file() else 0
+            if 1 <= epochs < 3 and lock.is_file():  # an epoch finished, the run goes on
+                holder = lock.read_text().split()  # "process PID (command)"
+                if len(holder) > 1 and holder[1].isdigit():
+                    killed, epochs_then = int(holder[1]), epochs
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.005)
+        _, stderr = driver.communicate(timeout=TIMEOUT_S)
+    finally:
+        driver.kill()  # a hang or a failed assertion must not leave the driver and Ray running
     assert killed is not None and killed != driver.pid, "the run ended before it could be killed"
     assert driver.returncode == 0, stderr
     assert _numbers(run) == _numbers(local_group / "seed-0")
+    assert epochs_then >= 1  # the retry resumed after a finished epoch, not from scratch
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,10 @@ from toolkit.config import RECIPES, TrainConfig
 
 if TYPE_CHECKING:
     from analysis.seeds import GroupSummary
+    from toolkit.cluster import RaySettings
     from toolkit.data import Dataset
     from toolkit.training import SeedGroup, Trainer, TrainResult
     from toolkit.training.observers import Observers
-    from toolkit.training.ray_runs import RaySettings
 
 
 class RichObserver:
@@ -266,6 +266,8 @@ def train(
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
     ray = _ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
+    if ray is not None and resume is None and seeds is None:  # before torchrun could start
+        raise ConfigError(_RAY_NEEDS_GROUPS)
     if resume is not None:
         given = {**overrides, "recipe": recipe, "name": name, "seeds": seeds, "out": out}
         given["nproc"] = nproc if nproc > 1 else None  # a resumed run keeps its process count
@@ -285,33 +287,39 @@ def train(
         plan = _new_plan(
             archs or [], recipe, overrides, seeds=seeds, nproc=nproc, out=where, name=name
         )
-    if ray is not None and not (plan.groups or plan.new_groups):
-        raise ConfigError(
-            "--executor ray trains the seeds of a group as Ray tasks: give --seeds (or --resume "
-            "a seed group); a single run trains here, or across processes with --nproc"
-        )
+    if ray is not None and not (plan.groups or plan.new_groups):  # --resume of one run
+        raise ConfigError(_RAY_NEEDS_GROUPS)
     options = {"tensorboard": tensorboard, "quiet": quiet, "as_json": as_json, "ray": ray}
     _run_plan(plan, data, resuming=resume is not None, **options)
+
+
+_RAY_NEEDS_GROUPS = (
+    "--executor ray trains the seeds of a group as Ray tasks: give --seeds (or --resume a seed "
+    "group); a single run trains here, or across processes with --nproc"
+)
 
 
 def _ray_settings(
     executor: str, address: str | None, cpus: float | None, gpus: float
 ) -> RaySettings | None:
     """The Ray executor's settings, or None for the local loop; refused in one line when off."""
+    from toolkit.cluster import RaySettings
     from toolkit.training import ConfigError
-    from toolkit.training.ray_runs import RaySettings
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor is local or ray, got {executor!r}")
     if executor == "local":
-        given = [f for f, v in (("--ray-address", address), ("--cpus-per-run", cpus)) if v]
+        given = [
+            f for f, v in (("--ray-address", address), ("--cpus-per-run", cpus)) if v is not None
+        ]
         if gpus:
             given.append("--gpus-per-run")
         if given:
             raise ConfigError(f"{', '.join(given)} go with --executor ray")
         return None
-    cpus = float(os.cpu_count() or 1) if cpus is None else cpus
-    if not (math.isfinite(cpus) and cpus > 0) or not (math.isfinite(gpus) and gpus >= 0):
+    if not (cpus is None or (math.isfinite(cpus) and cpus > 0)) or not (
+        math.isfinite(gpus) and gpus >= 0
+    ):
         raise ConfigError(
             f"--cpus-per-run must be positive and --gpus-per-run 0 or more, got {cpus} and {gpus}"
         )
@@ -441,7 +449,7 @@ def _run_plan(
         group.check_data(dataset)
     out_console = err_console if as_json else console
     if plan.groups or plan.new_groups:
-        from toolkit.training.ray_runs import ray_session
+        from toolkit.cluster import ray_session
 
         # Ray is reached, and its resources checked, before any group folder is made (and not
         # at all when every seed of the groups resumed has finished).
@@ -449,7 +457,8 @@ def _run_plan(
             not RunDir(g.run_path(seed)).finished for g in plan.groups for seed in g.seeds
         )
         on_ray = ray is not None and unfinished
-        with ray_session(ray) if on_ray else contextlib.nullcontext():  # type: ignore[arg-type]
+        session = ray_session(ray) if on_ray else contextlib.nullcontext(ray)  # type: ignore[arg-type]
+        with session as ray:
             groups = plan.groups + [
                 SeedGroup.create(path, config, seeds, data=str(dataset.source.path))
                 for config, path, seeds in plan.new_groups
@@ -489,8 +498,9 @@ def _ray_flags(ray: RaySettings | None) -> str:
     if ray is None:
         return ""
     address = f" --ray-address {ray.address}" if ray.address else ""
+    cpus = f" --cpus-per-run {ray.cpus_per_run:g}" if ray.cpus_per_run is not None else ""
     gpus = f" --gpus-per-run {ray.gpus_per_run:g}" if ray.gpus_per_run else ""
-    return f" --executor ray{address} --cpus-per-run {ray.cpus_per_run:g}{gpus}"
+    return f" --executor ray{address}{cpus}{gpus}"
 
 
 def _train_group_on_ray(
@@ -505,8 +515,8 @@ def _train_group_on_ray(
 ) -> None:
     """The group's unfinished seeds as Ray tasks, all at once; each is reported as it ends,
     a finished seed reused as the local loop reuses it."""
+    from toolkit.cluster import check_shared, job_settings, train_runs
     from toolkit.training import RunDir, TrainingInterrupted
-    from toolkit.training.ray_runs import check_shared, job_settings, train_runs
 
     out = err_console if as_json else console
     jobs = []
@@ -524,7 +534,7 @@ def _train_group_on_ray(
         out.print(
             styled(
                 (group.arch, "bold"),
-                f" {len(jobs)} seed(s) as Ray tasks, {ray.cpus_per_run:g} CPU and "
+                f" {len(jobs)} seed(s) as Ray tasks, {ray.cpus_per_run or 0:g} CPU and "
                 f"{ray.gpus_per_run:g} GPU each -> {group.path}",
             )
         )

@@ -1,5 +1,8 @@
 """Many training runs across machines: each run one Ray task, writing its ordinary run folder.
 
+(Outside ``toolkit.training`` on purpose: a Ray worker that only checks the shared storage
+imports this module, and need not import torch for it.)
+
 DDP spreads one run over several processes; Ray spreads many independent runs (the seeds of a
 group) over a cluster's nodes, each task with its stated CPUs and GPUs. Nothing about a run
 changes: the task does exactly what the local loop does (``open_run``: reuse a finished run,
@@ -15,9 +18,11 @@ loop computes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import RtkError
+from toolkit.errors import FolderBusyError, RtkError
 
 MAX_RETRIES = 3  # a worker or node that dies: the run resumes from its last.pt this many times
 
@@ -37,7 +42,8 @@ class RayError(RtkError):
 @dataclass(frozen=True)
 class RaySettings:
     address: str | None  # a running cluster ("auto", "ray://host:10001"); None: a local one
-    cpus_per_run: float
+    cpus_per_run: float | None  # None: the threads a local run uses here (local instance), or
+    # the largest node's CPUs (a cluster)
     gpus_per_run: float
 
 
@@ -57,7 +63,17 @@ def _train_one(
     config = config_from_settings(settings, where=run)
     dataset = load_dataset(Path(data))
     board = Observers(TensorBoardObserver(Path(run))) if tensorboard else None
-    _, trainer = open_run(config, Path(run), dataset, observer=board)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            _, trainer = open_run(config, Path(run), dataset, observer=board)
+            break
+        except FolderBusyError:
+            # A retry after its worker died: on network storage the dead worker's lock can
+            # outlive it for a while. Anything still holding it after that is a real writer.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(5.0)
     return None if trainer is None else trainer.run()
 
 
@@ -69,9 +85,10 @@ def _sees(paths: list[str]) -> tuple[str, list[str]]:
 
 
 @contextmanager
-def ray_session(settings: RaySettings) -> Iterator[None]:
+def ray_session(settings: RaySettings) -> Iterator[RaySettings]:
     """Ray connected (to ``settings.address``, else ``RAY_ADDRESS``, else a new local instance
-    of this machine's CPUs), and shut down again when the block ends."""
+    of the CPUs this process may use), and shut down again when the block ends. Yields the
+    settings with ``cpus_per_run`` resolved and checked against the nodes."""
     import ray
 
     address = settings.address or os.environ.get("RAY_ADDRESS")
@@ -82,7 +99,8 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         else:
             ray.init(
-                num_cpus=os.cpu_count(),
+                address="local",  # never a cluster some earlier `ray start` left listed
+                num_cpus=len(os.sched_getaffinity(0)),
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level="ERROR",
@@ -95,13 +113,14 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
             "(`ray status` on the head node)"
         ) from exc
     try:
-        _check_resources(settings)
-        yield
+        yield _check_resources(settings, local=not address)
     finally:
         ray.shutdown()
 
 
 CONNECT_TIMEOUT_S = 10.0
+SHARED_CHECK_TIMEOUT_S = 300.0  # a node that cannot start a worker in this long is not usable
+LOCK_WAIT_S = 180.0  # a dead node's lock on NFS lasts until its lease runs out (~90 s)
 
 
 def _check_listening(address: str) -> None:
@@ -120,19 +139,28 @@ def _check_listening(address: str) -> None:
         ) from exc
 
 
-def _check_resources(settings: RaySettings) -> None:
+def _check_resources(settings: RaySettings, *, local: bool) -> RaySettings:
+    """``cpus_per_run`` resolved, and both per-run amounts checked against the largest alive
+    node: a task runs on one node, so a run larger than every node would wait forever."""
     import ray
+    import torch
 
-    have = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    largest = {kind: max((n.get(kind, 0) for n in nodes), default=0) for kind in ("CPU", "GPU")}
+    cpus = settings.cpus_per_run
+    if cpus is None:  # here: the threads a local run uses, so the local loop's numbers
+        cpus = float(min(torch.get_num_threads(), largest["CPU"]) if local else largest["CPU"])
     for name, wanted, flag in (
-        ("CPU", settings.cpus_per_run, "--cpus-per-run"),
+        ("CPU", cpus, "--cpus-per-run"),
         ("GPU", settings.gpus_per_run, "--gpus-per-run"),
     ):
-        if wanted > have.get(name, 0):
+        if wanted > largest[name]:
             raise RayError(
-                f"{flag} {wanted:g}, but the Ray cluster has {have.get(name, 0):g} {name}s in "
-                f"all: no run could ever be scheduled; lower {flag} or add nodes"
+                f"{flag} {wanted:g}, but the largest node of the Ray cluster has "
+                f"{largest[name]:g} {name}s: no run could ever be scheduled; lower {flag} or "
+                "add larger nodes"
             )
+    return dataclasses.replace(settings, cpus_per_run=cpus)
 
 
 def check_shared(out: Path, data: Path) -> None:
@@ -153,7 +181,19 @@ def check_shared(out: Path, data: Path) -> None:
             for node in ray.nodes()
             if node.get("Alive")
         ]
-        for ip, missing in ray.get(checks):
+        try:
+            answers = ray.get(checks, timeout=SHARED_CHECK_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise RayError(
+                f"the Ray nodes did not answer within {SHARED_CHECK_TIMEOUT_S:.0f} s whether "
+                "they see --out and the data; check `ray status`"
+            ) from exc
+        except ray.exceptions.RayError as exc:  # a node lost, or rtk not importable there
+            raise RayError(
+                f"a Ray node could not check --out and the data ({_cause(exc)}); every node "
+                "needs rtk installed (the same commit) and the shared storage mounted"
+            ) from exc
+        for ip, missing in answers:
             if missing:
                 raise RayError(
                     f"node {ip} does not see {out if str(probe) in missing else data}: --out "
@@ -176,11 +216,18 @@ def train_runs(
     called with each run and its ``TrainResult`` as it finishes. Ctrl-C cancels them all."""
     import ray
 
+    assert settings.cpus_per_run is not None  # resolved by ray_session
+    # A task without GPUs must not see any (Ray leaves CUDA_VISIBLE_DEVICES alone for it): it
+    # would take an unreserved GPU with --device auto. One run per worker process (max_calls):
+    # a finished run's memory goes with its process.
+    hidden = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}} if not settings.gpus_per_run else {}
     task = ray.remote(
         num_cpus=settings.cpus_per_run,
         num_gpus=settings.gpus_per_run,
         max_retries=MAX_RETRIES,
         retry_exceptions=False,  # a run's own failure would only fail again
+        max_calls=1,
+        runtime_env=hidden or None,
     )(_train_one)
     threads = max(1, int(settings.cpus_per_run))
     pending = {
@@ -196,17 +243,27 @@ def train_runs(
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause
                 if isinstance(cause, RtkError):  # the run's own one-line error, as local
-                    raise type(cause)(str(cause)) from None
-                raise RayError(f"{run} failed in its Ray worker: {cause!r}") from None
-            except ray.exceptions.RayError as exc:  # retries used up: the worker kept dying
+                    raise type(cause)(str(cause)) from exc
+                if isinstance(cause, OSError):  # the file system refused: the app's one line
+                    raise cause from exc
+                raise  # a bug: the app's "internal error" line, the traceback on RTK_DEBUG
+            except ray.exceptions.WorkerCrashedError as exc:  # retries used up
                 raise RayError(
-                    f"{run}: its Ray worker died {MAX_RETRIES + 1} times "
-                    f"({type(exc).__name__}); it keeps every finished epoch"
-                ) from None
+                    f"{run}: its Ray worker died {MAX_RETRIES + 1} times; the run keeps every "
+                    "finished epoch (`ray status`, the node's logs)"
+                ) from exc
+            except ray.exceptions.RayError as exc:  # out of memory, node lost, env setup...
+                raise RayError(f"{run}: Ray could not run it ({_cause(exc)})") from exc
             done(run, result)
     finally:
         for ref in pending:  # Ctrl-C or a failure: stop the rest (each keeps its epochs)
             ray.cancel(ref, force=True)
+
+
+def _cause(exc: BaseException) -> str:
+    """A Ray error's first line, in a few words."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
 def job_settings(config: Any) -> dict[str, Any]:
