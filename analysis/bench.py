@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,15 +221,29 @@ def resolve_targets(
             notes.append(
                 f"{arch.name}: freshly initialised weights (latency does not depend on them)"
             )
+    return _named_apart(targets), notes
+
+
+def _named_apart(targets: list[BenchTarget]) -> list[BenchTarget]:
+    """Rows, ratios and accuracies are told apart by model name and precision: files that
+    would share both (``a/model.onnx`` and ``b/model.onnx`` of one architecture) are named
+    after their folders instead; two that still clash are refused."""
+    counts = Counter((t.name, t.precision) for t in targets)
+    named = [
+        dataclasses.replace(t, name=f"{t.onnx_path.parent.name}/{t.onnx_path.stem}")
+        if counts[t.name, t.precision] > 1
+        else t
+        for t in targets
+    ]
     seen: dict[tuple[str, str], Path] = {}
-    for t in targets:  # rows, ratios and accuracies are told apart by model name and precision
+    for t in named:
         if (key := (t.name, t.precision)) in seen:
             raise ExportError(
                 f"{seen[key]} and {t.onnx_path} would both be the {t.precision} rows of "
-                f"{t.name}: bench their run folders (rows named after them) or one at a time"
+                f"{t.name}: bench them one at a time"
             )
         seen[key] = t.onnx_path
-    return targets, notes
+    return named
 
 
 MAX_INPUT_BYTES = 2**31  # the largest timed input batch; the model's activations come on top
@@ -498,7 +513,8 @@ def run_bench(
         runtimes=settings.runtimes,
         openvino=(
             f"precision hint as each row says (f32 for fp32 and int8 rows), performance hint "
-            f"{PERFORMANCE_HINT}, 1 stream, threads {threads or 'default'}, batch fixed at compile"
+            f"{PERFORMANCE_HINT}, 1 stream, threads {threads or 'default'}, input shape fixed "
+            "at compile"
             if ov_version
             else None
         ),

@@ -182,16 +182,20 @@ def test_bench_openvino_settings_refused_in_one_line(
     assert not (tmp_path / "bench").exists()  # refused before anything was timed or written
 
 
-def test_accuracy_of_untrained_weights_and_rows_of_one_name_are_refused(
+def test_accuracy_of_untrained_weights_is_refused_and_rows_of_one_name_told_apart(
     exported: Path, tmp_path: Path
 ):
     fresh = run_cli("bench", "mini-resnet", "--accuracy", "--iters", "1", "--runs", tmp_path)
     assert fresh.exit_code == 2 and "untrained weights, which have no accuracy" in fresh.stderr
+    assert not (tmp_path / "bench").exists()
+    # Two runs' files of one architecture: rows named after their folders, never merged.
     copy = shutil.copytree(exported, tmp_path / "copy")
     twice = run_cli("bench", exported / "model.onnx", copy / "model.onnx", "--iters", "1",
-                    "--runs", tmp_path)  # fmt: skip
-    assert twice.exit_code == 2 and "would both be the fp32 rows of mini-resnet" in twice.stderr
-    assert not (tmp_path / "bench").exists()
+                    "--warmup", "0", "--batch-sizes", "1", "--runs", tmp_path,
+                    "--json")  # fmt: skip
+    assert twice.exit_code == 0, twice.output
+    names = {r["model"] for r in json.loads(twice.stdout)["rows"]}
+    assert names == {f"{exported.name}/model", "copy/model"}
 
 
 def test_bf16_without_native_bf16_is_refused_before_timing(

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import TinyData, write_imagefolder
 from toolkit.training import RunDir
@@ -22,8 +21,11 @@ TIMING = ("epoch_s", "images_per_s", "peak_mem_mb", "compile_s")
 
 
 RTK = str(Path(sys.executable).with_name("rtk"))
-# No cluster from the environment: every test starts its own local Ray instance.
-ENV = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+# No cluster from the environment: every test starts its own local Ray instance. Every run, local
+# or on Ray, computes with one thread (a local run through OMP_NUM_THREADS, a Ray task through
+# --cpus-per-run 1), whatever this test process's torch was set to by earlier tests.
+ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"}
+THREADS = "1"
 TIMEOUT_S = 600  # a hang fails the test instead of the CI job
 
 
@@ -58,7 +60,7 @@ def local_group(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_seed_group_through_ray_has_the_local_groups_numbers(
     data: Path, local_group: Path, tmp_path: Path
 ):
-    threads = str(torch.get_num_threads())  # what a local run here computes with
+    threads = THREADS  # what a local run here computes with
     done = _rtk("train", "baseline-cnn", "--seeds", "0,1", *EPOCHS, "--data", data,
                 "--out", tmp_path, "--name", "g", "--executor", "ray",
                 "--cpus-per-run", threads, "--json")  # fmt: skip
@@ -92,7 +94,7 @@ def test_a_killed_worker_is_retried_and_its_run_resumes(
 ):
     """kill -9 of the worker training seed 0 after its first epoch: Ray retries the task, the
     retry resumes from last.pt after that epoch, and the numbers are still the local loop's."""
-    threads = str(torch.get_num_threads())
+    threads = THREADS
     args = ["train", "baseline-cnn", "--seeds", "0", *EPOCHS, "--data", data, "--out", tmp_path,
             "--name", "g", "--executor", "ray", "--cpus-per-run", threads, "--quiet"]  # fmt: skip
     driver = subprocess.Popen(
@@ -120,6 +122,9 @@ def test_a_killed_worker_is_retried_and_its_run_resumes(
     assert epochs_then >= 1  # the retry resumed after a finished epoch, not from scratch
 
 
+TOO_MANY_CPUS = str(4 * (os.cpu_count() or 1))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -127,13 +132,12 @@ def test_a_killed_worker_is_retried_and_its_run_resumes(
         (["--cpus-per-run", "2"], "--cpus-per-run go with --executor ray"),
         (["--executor", "ray"], "--executor ray trains the seeds of a group"),
         (["--executor", "ray", "--seeds", "0", "--cpus-per-run", "0"], "must be positive"),
-        (["--executor", "ray", "--seeds", "0", "--cpus-per-run", "512"], "but the Ray cluster has"),
-        (
-            ["--executor", "ray", "--seeds", "0", "--ray-address", "127.0.0.1:1"],
-            "cannot start or reach the Ray cluster at 127.0.0.1:1",
-        ),
+        (["--executor", "ray", "--seeds", "0", "--cpus-per-run", TOO_MANY_CPUS],
+         "but the largest node of the Ray cluster has"),
+        (["--executor", "ray", "--seeds", "0", "--ray-address", "127.0.0.1:1"],
+         "cannot start or reach the Ray cluster at 127.0.0.1:1"),
     ],
-)
+)  # fmt: skip
 def test_ray_settings_refused_in_one_line(data: Path, tmp_path: Path, args: list[str], message):
     done = _rtk("train", "baseline-cnn", *EPOCHS, "--data", data, "--out", tmp_path, *args)
     assert done.returncode == 2, done.stderr
