@@ -405,11 +405,12 @@ def run_bench(
     _open_sessions(targets, settings, caches)
     accuracy: list[RowAccuracy] = []
     if accuracy_on is not None:
-        for target in targets:  # refused before the dataset is loaded (or downloaded)
-            source_checkpoint(target.onnx_path)
+        # A file without its checkpoint is refused before the dataset is loaded (or downloaded).
+        sources = {t.onnx_path: source_checkpoint(t.onnx_path) for t in targets}
         accuracy = measure_accuracy(
             targets,
             accuracy_on(),
+            sources=sources,
             runtimes=settings.runtimes,
             openvino_precisions={
                 t.onnx_path: openvino_precisions(t, bf16=settings.bf16)

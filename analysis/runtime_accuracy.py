@@ -66,13 +66,14 @@ def measure_accuracy(
     targets: list[BenchTarget],
     dataset: Dataset,
     *,
+    sources: dict[Path, Path],
     runtimes: tuple[str, ...],
     openvino_precisions: dict[Path, list[OVPrecision]],
     threads: int | None,
 ) -> list[RowAccuracy]:
-    """Each target through each runtime over ``dataset``'s test split; a checkpoint trained on
-    other classes than the dataset's is refused."""
-    sources = {t.onnx_path: source_checkpoint(t.onnx_path) for t in targets}
+    """Each target through each runtime over ``dataset``'s test split, against PyTorch fp32 of
+    its checkpoint in ``sources`` (file -> ``source_checkpoint``); a checkpoint trained on other
+    classes than the dataset's is refused."""
     references: dict[Path, tuple[np.ndarray, ParityInputs]] = {}
     rows = []
     for target in targets:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from PIL import Image, UnidentifiedImageError
 
 from exporters import metadata
@@ -188,11 +187,8 @@ def _openvino_runner(model: Path) -> tuple[dict[str, str], list[object], Runner]
     verified as ``rtk bench --runtime openvino`` verifies it."""
     from exporters.openvino import openvino_logits
 
-    try:
-        graph = onnx.load(str(model), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends, on a file that is no ONNX
-        raise ExportError(f"OpenVINO cannot load {model}: it is not an ONNX model") from exc
-    props = {p.key: p.value for p in graph.metadata_props}
+    graph = metadata.load_graph(model)
+    props = metadata.props(graph)
     dims = graph.graph.input[0].type.tensor_type.shape.dim if graph.graph.input else []
     shape: list[object] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
