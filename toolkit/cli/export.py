@@ -195,6 +195,10 @@ def view(
         console.print(
             styled(f"netron serves {model} at ", (served.url, "bold"), "  (Ctrl-C stops it)")
         )
-        netron.wait()  # returns on Ctrl-C (netron stops its servers): a clean stop, exit 0
+        netron.wait()  # returns on Ctrl-C (netron stops its servers)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a user stops the server, so it is a clean stop (exit 0) even when it lands
+        # just before netron.wait() has begun to catch it.
+        pass
     finally:
         stop(served)
