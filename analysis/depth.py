@@ -135,6 +135,14 @@ def study_configs(
     return {arch: make_config(arch, budget.recipe, **chosen) for arch in archs}
 
 
+def budget_changes(budget: DepthBudget, config: TrainConfig) -> str:
+    """The settings where ``config`` departs from ``budget`` ("epochs 5, val_size 500"), empty
+    when none: the budget's ``reduction`` alone would misstate an overridden study."""
+    ours = config.to_dict()
+    theirs = make_config(config.arch, budget.recipe, **budget.overrides).to_dict()
+    return ", ".join(f"{k} {v}" for k, v in ours.items() if k != "device" and theirs[k] != v)
+
+
 def _depth_run(arch: str, run: Path) -> DepthRun:
     rundir = RunDir.open(run)
     metrics = rundir.read_metrics()
@@ -248,8 +256,7 @@ def _markdown(
     out: Path,
 ) -> str:
     settings = {k: v for k, v in config.to_dict().items() if k not in ("arch", "device")}
-    budget_settings = make_config(config.arch, budget.recipe, **budget.overrides).to_dict()
-    changed = ", ".join(f"{k} {v}" for k, v in settings.items() if budget_settings[k] != v)
+    changed = budget_changes(budget, config)
     lines = [
         "# Depth study: plain against residual networks (He et al. 2016, Fig. 6)",
         "",

@@ -53,6 +53,8 @@ def test_quick_budget_trains_both_kinds_per_depth_reports_and_reuses(
     assert study["verdict"]["verdict"] in ("supported", "not supported")
     report = Path(study["report"]).read_text()
     assert "Budget `quick`" in report and "overridden here: val_size 40" in report
+    # The terminal's notice states the same: not the budget's 1,000 validation images alone.
+    assert "overridden here: val_size 40" in result.stderr
     for arch in runs:
         assert f"| {arch} |" in report
     assert study["verdict"]["evidence"] in report

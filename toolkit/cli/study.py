@@ -39,6 +39,7 @@ def depth(
         DEFAULT_DEPTHS,
         DEPTH_BUDGETS,
         DEPTH_COLUMNS,
+        budget_changes,
         depth_cells,
         depth_study,
         study_configs,
@@ -52,8 +53,12 @@ def depth(
     chosen = DEPTH_BUDGETS[budget]
     depths = depths or list(DEFAULT_DEPTHS)
     overrides = {"epochs": epochs, "train_subset": train_subset, "val_size": val_size}
-    study_configs(chosen, depths, overrides)  # a bad depth or setting fails before any work
-    notice(f"depth study, budget {budget}: {chosen.reduction}")
+    configs = study_configs(chosen, depths, overrides)  # a bad depth or setting fails first
+    changed = budget_changes(chosen, next(iter(configs.values())))
+    notice(
+        f"depth study, budget {budget}: {chosen.reduction}"
+        + (f"; overridden here: {changed}" if changed else "")
+    )
     study = depth_study(
         budget=chosen,
         depths=depths,
