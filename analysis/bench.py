@@ -390,11 +390,12 @@ def run_bench(
     settings: BenchSettings,
     notes: list[str],
     accuracy_on: Callable[[], Dataset] | None = None,
+    accuracy_images: int | None = None,
 ) -> BenchReport:
     """Time every target in every runtime and batch size; with ``accuracy_on`` (the dataset,
     loaded once everything else has been checked), first run each (runtime, precision) over
-    its test split (``analysis.runtime_accuracy``), which refuses before any timing a file
-    without its checkpoint or a checkpoint of other classes."""
+    its test split, or ``accuracy_images`` of it (``analysis.runtime_accuracy``), which refuses
+    before any timing a file without its checkpoint or a checkpoint of other classes."""
     import onnxruntime as ort
 
     provider, threads = settings.provider, settings.threads
@@ -418,6 +419,7 @@ def run_bench(
                 if "openvino" in settings.runtimes
             },
             threads=threads,
+            count=accuracy_images,
         )
     if provider != "cpu" and compare_torch and not torch.cuda.is_available():
         raise ProviderUnavailableError(

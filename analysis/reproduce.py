@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.bench import BenchReport, BenchSettings, resolve_targets, run_bench
+from analysis.bench import (
+    RUNTIMES,
+    BenchReport,
+    BenchSettings,
+    latency_accuracy_points,
+    resolve_targets,
+    run_bench,
+)
 from analysis.claims import (
     ablation_claim,
     accuracy_claim,
@@ -22,7 +29,7 @@ from analysis.claims import (
 from analysis.gradients import GradientProfile, profile_source
 from analysis.mechanisms import Mechanisms, mechanisms_markdown, why_skips
 from analysis.metrics import class_report, confusion, predict_test
-from analysis.plots import confusion_heatmap, gradient_flow, training_curves
+from analysis.plots import confusion_heatmap, gradient_flow, latency_accuracy, training_curves
 from analysis.report import (
     CompareRow,
     compare_runs,
@@ -33,6 +40,8 @@ from analysis.report import (
 from analysis.train_bench import bench_train_step
 from analysis.verdicts import Verdict
 from exporters.convert import export_onnx
+from exporters.errors import ExportError
+from exporters.openvino import cpu_capabilities
 from toolkit.config import differing_settings
 from toolkit.data import Dataset
 from toolkit.fileio import atomic_path, writing
@@ -47,6 +56,7 @@ from toolkit.training import (
     open_run,
     rerun_on_interrupt,
 )
+from toolkit.training.device import cpu_bf16_support
 
 PAPER_FOUR = tuple(architecture_names(PAPER))
 # The Mini-ResNet's plain twin answers "skips or capacity?"; the quick budget has no room for
@@ -65,6 +75,8 @@ class Budget:
     bench_batches: tuple[int, ...] = (1, 64)
     bench_seconds: float = 1.0
     parity_images: int = 1000
+    # test images each runtime and precision is scored on beside its timings (None: all)
+    accuracy_images: int | None = None
     train_bench_batch: int = 64
     models: tuple[str, ...] = PAPER_FOUR  # what `rtk reproduce` trains without --models
     lesion_images: int = 2000  # test images for "Why skips work" (lesions, residual ratios)
@@ -101,6 +113,7 @@ BUDGETS = {
         val_size=2000,
         grad_batches=4,
         parity_images=200,
+        accuracy_images=2000,
         lesion_images=300,
         lesion_draws=2,
     ),
@@ -236,15 +249,25 @@ def _reproduce(
     runs = {arch: out / "runs" / arch for arch in archs}
     figures = out / "figures"
     apart: dict[str, str] = {}  # runs trained under other settings than this budget's
+    bench_notes: list[str] = []
     for arch, run in runs.items():
         config = budget_config(arch, budget)
         say(f"{arch}: {train_run(config, run, dataset, observer, rerun=rerun)} ({run})")
         if difference := settings_apart(run, config):
             apart[arch] = difference
-        onnx_file = run / "model.onnx"
-        if not onnx_file.is_file() or onnx_file.stat().st_mtime < RunDir(run).best.stat().st_mtime:
-            export_onnx(run, dataset=dataset, parity_images=budget.parity_images)
-            say(f"{arch}: exported and validated {onnx_file}")
+        files = [run / "model.onnx", run / "model.int8.onnx"]  # fp32 and its VNNI-ready copy
+        best = RunDir(run).best.stat().st_mtime
+        if not all(f.is_file() and f.stat().st_mtime >= best for f in files):
+            try:
+                export_onnx(run, dataset=dataset, parity_images=budget.parity_images, int8=True)
+            except ExportError as exc:
+                # An int8 copy of a barely trained network can lose more than validation allows;
+                # the report then benches its fp32 file alone and says why (an fp32 failure
+                # raises again below).
+                export_onnx(run, dataset=dataset, parity_images=budget.parity_images)
+                bench_notes.append(f"{arch}: no int8 copy, {exc}")
+            made = [f for f in files if f.is_file()]
+            say(f"{arch}: exported and validated {', '.join(map(str, made))}")
 
     table = compare_runs(list(runs.values()))
     histories = {arch: read_history(run) for arch, run in runs.items()}
@@ -265,13 +288,38 @@ def _reproduce(
         outputs.append(gradient_flow(list(profiles[at].values()), figures / f"gradients-{at}.png"))
     say("figures: gradient flow at initialisation and with the best weights")
 
-    with_runs = resolve_targets([str(r) for r in runs.values()], runs=out, workdir=out,
-                                input_shape=None)[0]  # fmt: skip
-    fp32 = [t for t in with_runs if t.precision == "fp32"]
+    targets = [
+        t
+        for t in resolve_targets(
+            [str(r) for r in runs.values()], runs=out, workdir=out, input_shape=None
+        )[0]
+        if t.precision in ("fp32", "int8")  # an fp16 copy left by `rtk export --fp16` is not ours
+    ]
     settings = BenchSettings(
-        provider="cpu", batch_sizes=budget.bench_batches, warmup=3, seconds=budget.bench_seconds
+        provider="cpu",
+        batch_sizes=budget.bench_batches,
+        warmup=3,
+        seconds=budget.bench_seconds,
+        runtimes=RUNTIMES,
+        # bf16 only where the CPU computes it natively, as training decides (emulated bf16 is
+        # slower than fp32, so its row would only say so).
+        bf16=cpu_bf16_support().native and "BF16" in cpu_capabilities(),
     )
-    bench = run_bench(fp32, settings=settings, notes=[])
+    bench = run_bench(
+        targets,
+        settings=settings,
+        notes=bench_notes,
+        accuracy_on=lambda: dataset,
+        accuracy_images=budget.accuracy_images,
+    )
+    plot_batch = min(budget.bench_batches)
+    outputs.append(
+        latency_accuracy(
+            latency_accuracy_points(bench, plot_batch),
+            plot_batch,
+            figures / "latency-accuracy.png",
+        )
+    )
     memory_archs = [a for a in ("resnet18", "resnet18-noskip") if a in runs]
     steps = [bench_train_step(a, batch=budget.train_bench_batch) for a in memory_archs]
     say("benchmarks: inference latency and training memory")
@@ -301,6 +349,41 @@ def _reproduce(
     with atomic_path(report) as tmp:
         tmp.write_text(text)
     return ReproduceResult(report, table, verdicts, outputs)
+
+
+def bench_markdown(bench: BenchReport) -> list[str]:
+    """REPORT.md's inference section: every runtime and precision timed side by side, then
+    each one's accuracy on the test images against PyTorch fp32 of the same weights."""
+    lines = [
+        "",
+        "## Inference on the CPU (runtimes and precisions, each verified)",
+        "",
+        f"Threads: {bench.threads or 'each runtime decides'}; OpenVINO: {bench.openvino}. "
+        "A bf16 or int8 row is there only when the runtime reported that precision for its "
+        "convolutions.",
+        "",
+        "| model | engine | precision | batch | mean ms | img/s | vs ORT fp32 | vs eager |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in bench.rows:
+        eager = f"{r.speedup_vs_eager:.2f}x" if r.speedup_vs_eager else ""
+        ort = f"{r.vs_ort_fp32:.2f}x" if r.vs_ort_fp32 else ""
+        lines.append(
+            f"| {r.model} | {r.engine} | {r.precision} | {r.stats.batch} | "
+            f"{r.stats.mean_ms:.3f} | {r.stats.images_per_s:,.0f} | {ort} | {eager} |"
+        )
+    lines += [
+        "",
+        "| model | engine | precision | test images | accuracy | PyTorch fp32 | top-1 agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in bench.accuracy:
+        p = a.parity
+        lines.append(
+            f"| {a.model} | {a.engine} | {a.precision} | {p.images:,} | {p.acc_onnx:.2%} | "
+            f"{p.acc_torch:.2%} | {p.agreement:.2%} |"
+        )
+    return lines + (["", *(f"- {note}" for note in bench.notes)] if bench.notes else [])
 
 
 def precision_text(runs: dict[str, Path]) -> str:
@@ -405,17 +488,7 @@ def _markdown(
             lines.append(
                 f"| {arch} | {at} | {p.first_last_norm_ratio:.3g} | {p.first_last_rms_ratio:.3g} |"
             )
-    lines += ["", "## Inference latency (ONNX Runtime vs PyTorch eager, CPU)", ""]
-    lines += [
-        "| model | engine | batch | mean ms | img/s | ORT/eager |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in bench.rows:
-        speed = f"{r.speedup_vs_eager:.2f}x" if r.speedup_vs_eager else ""
-        lines.append(
-            f"| {r.model} | {r.engine} | {r.stats.batch} | {r.stats.mean_ms:.3f} | "
-            f"{r.stats.images_per_s:,.0f} | {speed} |"
-        )
+    lines += bench_markdown(bench)
     lines += [
         "",
         "## Claims",

@@ -70,10 +70,12 @@ def measure_accuracy(
     runtimes: tuple[str, ...],
     openvino_precisions: dict[Path, list[OVPrecision]],
     threads: int | None,
+    count: int | None = None,
 ) -> list[RowAccuracy]:
-    """Each target through each runtime over ``dataset``'s test split, against PyTorch fp32 of
-    its checkpoint in ``sources`` (file -> ``source_checkpoint``); a checkpoint trained on other
-    classes than the dataset's is refused."""
+    """Each target through each runtime over ``dataset``'s test split (or ``count`` images of it,
+    spread evenly over its classes), against PyTorch fp32 of its checkpoint in ``sources`` (file
+    -> ``source_checkpoint``); a checkpoint trained on other classes than the dataset's is
+    refused."""
     references: dict[Path, tuple[np.ndarray, ParityInputs]] = {}
     rows = []
     for target in targets:
@@ -81,7 +83,7 @@ def measure_accuracy(
         if checkpoint not in references:  # PyTorch fp32 once per checkpoint
             payload = load_checkpoint(checkpoint)
             check_classes(payload["classes"], dataset, checkpoint)
-            inputs = parity_inputs(dataset, len(dataset.test), payload["input_size"])
+            inputs = parity_inputs(dataset, count or len(dataset.test), payload["input_size"])
             model = model_from_checkpoint(payload)
             expected = batched_logits(model, inputs.images.split(BATCH)).numpy()
             references[checkpoint] = expected, inputs

@@ -15,10 +15,12 @@ from analysis.reproduce import (
     reproduce,
     settings_text,
 )
+from exporters.openvino import cpu_capabilities
 from tests.test_training import _InterruptAt
 from toolkit.data import load_dataset
 from toolkit.models import PAPER, architecture_names
 from toolkit.training import RECIPES, TrainingInterrupted
+from toolkit.training.device import cpu_bf16_support
 
 TINY = Budget(
     name="tiny",
@@ -30,13 +32,14 @@ TINY = Budget(
     bench_batches=(1,),
     bench_seconds=0.05,
     parity_images=50,
+    accuracy_images=40,
     train_bench_batch=2,
     lesion_draws=2,
 )
 PAPER_ARCHS = tuple(architecture_names(PAPER))
 SECTIONS = [
     "## Setup", "## Table I", "## Per-class results", "## Gradient flow",
-    "## Inference latency", "## Claims", "## Why skips work", "### Skips or capacity",
+    "## Inference on the CPU", "## Claims", "## Why skips work", "### Skips or capacity",
     "### With and without skips", "### Lesion study", "### Residual ratios", "## Figures",
 ]  # fmt: skip
 
@@ -65,12 +68,30 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
     for arch in WITH_CONTROL:
         assert f"| {arch} |" in text
         assert (tmp_path / "runs" / arch / "model.onnx").is_file()
+    # Inference: each model in ONNX Runtime and OpenVINO, fp32 and the int8 copy (bf16 too where
+    # the CPU has it natively), timed and scored on the budget's test images against PyTorch.
+    inference = text.split("## Inference on the CPU")[1].split("## Claims")[0]
+    bf16 = cpu_bf16_support().native and "BF16" in cpu_capabilities()
+    int8 = [a for a in WITH_CONTROL if (tmp_path / "runs" / a / "model.int8.onnx").is_file()]
+    assert int8  # most of these one-epoch networks keep their accuracy in int8
+    for arch in WITH_CONTROL:
+        for engine, precision in [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                  ("openvino", "fp32"), ("openvino", "int8")]:  # fmt: skip
+            row = precision == "fp32" or arch in int8
+            assert (f"| {arch} | {engine} | {precision} | 1 |" in inference) == row  # timed
+            assert (f"| {arch} | {engine} | {precision} | 40 |" in inference) == row  # scored
+        # An int8 copy refused by validation is no failure of the report, which says why.
+        assert (f"- {arch}: no int8 copy, " in inference) == (arch not in int8)
+        assert (f"| {arch} | openvino | bf16 | 1 |" in inference) == bf16
+        assert f"| {arch} | torch-eager | fp32 | 1 |" in inference
+    assert "OpenVINO: " in inference and "| vs ORT fp32 | vs eager |" in inference
+    assert (tmp_path / "figures" / "latency-accuracy.png") in result.figures
     # The control is a Table I row without paper figures.
     assert "| mini-resnet-noskip | mini-resnet-noskip | paper |" in text
     control = next(line for line in text.splitlines() if line.startswith("| mini-resnet-noskip |"))
     assert control.split(" | ").count("—") == 3  # paper accuracy, difference, paper minutes
     claims = text.split("## Claims")[1].split("## Why skips work")[0]
-    assert claims.count("**") == 2 * len(result.verdicts) == 14
+    assert claims.count("**") == 2 * len(result.verdicts) == 16  # 5(iii) once per runtime
     assert {v.verdict for v in result.verdicts} <= {"supported", "not supported", "not measured"}
     # Why skips work: each residual network against its plain twin, on the same test images.
     why = text.split("## Why skips work")[1].split("## Figures")[0]
