@@ -182,19 +182,34 @@ def budget_config(arch: str, budget: Budget) -> TrainConfig:
     )
 
 
+def _check_place(run: Path, arch: str) -> None:
+    """Refuse what would put another network's numbers under ``arch``'s name: a run of
+    another architecture (by its config.json, or its last.pt when a killed run has none), or a
+    folder of other files."""
+    move = f"move it away, since this command keeps {arch}'s run there"
+    if not run.is_dir():
+        return  # absent (a new run), or a file, which RunDir.create names
+    rundir = RunDir(run)
+    if (run / RunDir.CONFIG).is_file():
+        stored = rundir.read_config()["settings"].get("arch")
+    elif rundir.started:
+        stored = rundir.stored_config().arch
+    elif rundir.finished or not RunDir.unstarted(run):
+        raise RunDirError(f"{run} holds files but no rtk run; {move}")
+    else:
+        return
+    if stored != arch:
+        raise RunDirError(f"{run} holds a run of {stored}, not {arch}; {move}")
+
+
 def train_run(
     config: TrainConfig, run: Path, dataset: Dataset, observer: Observer | None, *, rerun: str
 ) -> str:
     """Train ``config`` into ``run`` unless it is there: a finished run is reused, a started
     one resumed with its own settings. ``rerun`` is the command that continues after Ctrl-C.
-    A run of another architecture in ``run``'s place is refused, never tabled as this one."""
-    if (run / RunDir.CONFIG).is_file():
-        stored = RunDir.open(run).read_config()["settings"].get("arch")
-        if stored != config.arch:
-            raise RunDirError(
-                f"{run} holds a run of {stored}, not {config.arch}; move it away, since this "
-                f"command keeps {config.arch}'s run there"
-            )
+    A run of another architecture (or anything but a run) in ``run``'s place is refused, never
+    tabled as this one."""
+    _check_place(run, config.arch)
     action, trainer = open_run(config, run, dataset, observer=observer)
     if trainer is not None:
         with rerun_on_interrupt(run, rerun):

@@ -144,6 +144,29 @@ def compare_groups(first: GroupSummary, second: GroupSummary) -> list[PairedDiff
     return pairs
 
 
+def _seed_config(group: SeedGroup, seed: int, rundir: RunDir) -> dict[str, Any]:
+    """The config.json of ``group``'s seed ``seed``, checked to be that seed's run under the
+    group's settings: a folder swapped, copied or linked in from another seed (or trained
+    otherwise) would pass its numbers off as this seed's."""
+    path = group.path
+    config = rundir.read_config()
+    where = rundir.path / RunDir.CONFIG
+    wanted = {**group.settings, "seed": seed}  # the group's settings, and this seed
+    differ = differing_settings(config["settings"], wanted, where=(where, group.manifest))
+    if "seed" in differ:
+        raise SourceError(
+            f"{rundir.path} holds a run of seed {differ['seed'][0]}, not seed {seed}: its "
+            "folder was moved, copied or linked from another seed; retrain it "
+            f"(`rtk train --resume {path}` after removing {rundir.path})"
+        )
+    if apart := sorted(differ):
+        raise SourceError(
+            f"{rundir.path} was trained under other settings than its group's "
+            f"({', '.join(apart)} differ), so its seeds do not measure one recipe"
+        )
+    return config
+
+
 def summarize_group(path: Path) -> GroupSummary:
     """Every seed's test result and each metric's estimate over the seeds. A seed that has not
     finished, or that was trained under other settings than the group's, is an error: either
@@ -157,21 +180,7 @@ def summarize_group(path: Path) -> GroupSummary:
             raise SourceError(
                 f"seed {seed} of {path} has not finished; `rtk train --resume {path}` trains it"
             )
-        config = rundir.read_config()
-        where = rundir.path / RunDir.CONFIG
-        wanted = {**group.settings, "seed": seed}  # the group's settings, and this seed
-        differ = differing_settings(config["settings"], wanted, where=(where, group.manifest))
-        if "seed" in differ:  # a folder swapped, copied or linked in from another seed
-            raise SourceError(
-                f"{rundir.path} holds a run of seed {differ['seed'][0]}, not seed {seed}: its "
-                "folder was moved, copied or linked from another seed; retrain it "
-                f"(`rtk train --resume {path}` after removing {rundir.path})"
-            )
-        if apart := sorted(differ):
-            raise SourceError(
-                f"{rundir.path} was trained under other settings than its group's "
-                f"({', '.join(apart)} differ), so its seeds do not measure one recipe"
-            )
+        config = _seed_config(group, seed, rundir)
         precisions[seed] = trained_precision(config)
         if len(set(precisions.values())) > 1:  # "auto" resolves per host: one group, one kind
             said = ", ".join(f"seed {s} {p}" for s, p in precisions.items())
@@ -212,9 +221,15 @@ def summarize_group(path: Path) -> GroupSummary:
 
 
 def group_histories(path: Path) -> list[list[dict[str, Any]]]:
-    """Each seed's per-epoch history, in the group's seed order."""
+    """Each seed's per-epoch history, in the group's seed order, each folder checked to hold
+    its seed's run under the group's settings."""
     group = SeedGroup.open(path)
-    return [RunDir.open(group.run_path(seed)).read_history() for seed in group.seeds]
+    histories = []
+    for seed in group.seeds:
+        rundir = RunDir.open(group.run_path(seed))
+        _seed_config(group, seed, rundir)
+        histories.append(rundir.read_history())
+    return histories
 
 
 @dataclass(frozen=True)

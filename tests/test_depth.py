@@ -15,10 +15,16 @@ from analysis.depth import (
     depth_study,
     study_configs,
 )
+from tests.conftest import CLASSES
 from tests.test_training import _InterruptAt
 from toolkit.cli.app import app
 from toolkit.data import load_dataset
-from toolkit.training import TrainingInterrupted
+from toolkit.training import (
+    TrainingInterrupted,
+    initial_checkpoint,
+    make_config,
+    save_checkpoint,
+)
 
 
 def rtk(*args: str):
@@ -115,16 +121,43 @@ def test_ctrl_c_prints_the_exact_command_and_following_it_finishes_the_same_stud
         assert (settings["train_subset"], settings["val_size"]) == (120, 40)
 
 
-def test_a_run_of_another_network_in_a_studys_place_is_refused(imagefolder: Path, tmp_path: Path):
-    """A foreign run found in OUT/runs/plain20 was tabled as plain20."""
-    foreign = tmp_path / "runs" / "plain20"
-    foreign.mkdir(parents=True)
-    (foreign / "config.json").write_text('{"settings": {"arch": "resnet56"}}')
+@pytest.mark.parametrize("found", ["config", "checkpoint", "files", "link"])
+def test_anything_but_its_own_run_in_a_studys_place_is_refused(
+    imagefolder: Path, tmp_path: Path, found: str
+):
+    """A foreign run found in OUT/runs/plain20 was tabled as plain20 (a killed one, without
+    config.json, too), a stray file there met "pick another --name" (the study has none), and
+    a symbolic link there took the run outside --out."""
+    place = tmp_path / "runs" / "plain20"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if found == "link":
+        place.parent.mkdir()
+        place.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        place.mkdir(parents=True)
+    if found == "config":
+        (place / "config.json").write_text('{"settings": {"arch": "resnet56"}}')
+    elif found == "checkpoint":  # a run of another network killed before config.json
+        payload = initial_checkpoint("baseline-cnn", list(CLASSES))
+        save_checkpoint(
+            place / "last.pt", {**payload, "config": make_config("baseline-cnn").to_dict()}
+        )
+    elif found == "files":
+        (place / "notes.txt").write_text("mine\n")
+    before = sorted(p.name for p in place.iterdir())
     result = rtk("study", "depth", "--depth", "20", "--data", str(imagefolder), "--out",
                  str(tmp_path), "--val-size", "40", "--quiet")  # fmt: skip
     assert result.exit_code == 2, result.output
-    assert f"{foreign} holds a run of resnet56, not plain20; move it away" in result.stderr
-    assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]
+    said = {
+        "config": "holds a run of resnet56, not plain20; move it away",
+        "checkpoint": "holds a run of baseline-cnn, not plain20; move it away",
+        "files": "holds files but no rtk run; move it away",
+        "link": "is a symbolic link; rtk writes a run only inside its own output folder",
+    }[found]
+    assert f"{place} {said}" in " ".join(result.stderr.split())
+    assert sorted(p.name for p in place.iterdir()) == before
+    assert not any(elsewhere.iterdir())
 
 
 def test_budgets_share_one_recipe_without_dropout_or_zero_init():

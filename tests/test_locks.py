@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli.app import app
-from toolkit.fileio import LOCK_NAME, FolderLock, writing
+from toolkit.errors import OutputError
+from toolkit.fileio import LOCK_NAME, FolderLock, atomic_paths, writing
 from toolkit.training.rundir import RunDir
 
 WAIT_S = 120
@@ -158,3 +159,24 @@ def test_writing_clears_only_rtks_leftovers_of_its_outputs(tmp_path: Path):
     assert not any(p.exists() for p in rtk_leftovers)
     assert all(p.exists() for p in theirs)
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_folder_where_rtk_writes_a_file_is_named_and_left_alone(tmp_path: Path):
+    """Every file rtk writes goes through atomic_paths: a folder in its place (DEPTH.md,
+    config.json, a checkpoint) is refused before anything is written, naming the folder the
+    user made, not the temporary twin the rename would have failed on."""
+    (tmp_path / "DEPTH.md").mkdir()
+    (tmp_path / "DEPTH.md" / "mine.txt").write_text("the user's own\n")
+    figure = tmp_path / "figures" / "depth.png"
+    with (
+        pytest.raises(OutputError) as refused,
+        writing(tmp_path, outputs=[tmp_path / "DEPTH.md"]),
+        atomic_paths([figure, tmp_path / "DEPTH.md"]) as tmps,
+    ):
+        raise AssertionError(f"wrote {tmps}")  # never reached
+    assert str(refused.value) == (
+        f"{tmp_path / 'DEPTH.md'} is a folder where rtk writes a file; move it away or choose "
+        "another folder"
+    )
+    assert (tmp_path / "DEPTH.md" / "mine.txt").read_text() == "the user's own\n"
+    assert not figure.exists() and not list(tmp_path.rglob("*.tmp"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -343,7 +345,12 @@ def test_a_seed_folder_holding_another_seed_is_refused(
     else:
         shutil.rmtree(copy / "seed-1")
         (copy / "seed-1").symlink_to(copy / "seed-0", target_is_directory=True)
-    for command in (("report", "seeds", copy), ("report", "compare", copy)):
+    plot = tmp_path / "curves.png"
+    for command in (
+        ("report", "seeds", copy),
+        ("report", "compare", copy),
+        ("report", "curves", copy, "--plot", plot),  # plotted seed 0 twice, exit 0
+    ):
         result = _rtk(*command)
         assert result.exit_code == 2, result.output
         said = (
@@ -353,6 +360,25 @@ def test_a_seed_folder_holding_another_seed_is_refused(
         )
         assert f"{copy}/{said}" in " ".join(result.stderr.split())
         assert "Traceback" not in result.output
+    assert not plot.exists()
+
+
+def test_a_seed_folder_linked_outside_its_group_is_never_trained_into(
+    trained: Trained, tmp_path: Path
+):
+    """A group's seed-N linked to a folder elsewhere was trained into with exit 0."""
+    copy = shutil.copytree(trained.runs / "g-baseline-cnn", tmp_path / "g")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(copy / "seed-1")
+    (copy / "seed-1").symlink_to(elsewhere, target_is_directory=True)
+    result = _rtk("train", "--resume", copy, "--data", trained.data, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert (
+        f"{copy}/seed-1 is a symbolic link; rtk writes a run only inside its own output folder"
+        in " ".join(result.stderr.split())
+    )
+    assert not any(elsewhere.iterdir())
 
 
 def test_a_group_resumes_without_retraining_finished_seeds(
@@ -366,11 +392,16 @@ def test_a_group_resumes_without_retraining_finished_seeds(
         return _InterruptAt(2 if len(made) == 2 else 0)
 
     monkeypatch.setattr("toolkit.cli.train.RichObserver", observer)
-    args = ["train", "baseline-cnn", "--seeds", "0,1,2", *QUICK[:-1], *where, "--name", "g"]
+    args = ["train", "baseline-cnn", "--seeds", "0,1,2", *QUICK[:-1], *where, "--name", "my g"]
     cut = _rtk(*args)
-    group = tmp_path / "g"
+    group = tmp_path / "my g"
     assert cut.exit_code == 130
-    assert f"rerun `rtk train --resume {group}` to continue" in cut.stderr
+    # The command it prints runs as printed: quoted, and on the group's own data.
+    rerun = re.search(r"rerun `([^`]*)` to continue", " ".join(cut.stderr.split()))
+    assert rerun is not None, cut.stderr
+    assert shlex.split(rerun.group(1)) == [
+        "rtk", "train", "--resume", str(group), "--data", str(imagefolder)
+    ]  # fmt: skip
     assert RunDir(group / "seed-0").finished and not (group / "seed-2").exists()
     kept = load_checkpoint(group / "seed-1" / "last.pt")
     assert kept["epoch"] == 1 and not RunDir(group / "seed-1").finished
@@ -378,7 +409,7 @@ def test_a_group_resumes_without_retraining_finished_seeds(
     seed0 = {p.name: p.stat().st_mtime_ns for p in (group / "seed-0").iterdir()}
     monkeypatch.undo()
 
-    resumed = _rtk("train", "--resume", group, "--data", imagefolder, "--quiet", "--json")
+    resumed = _rtk(*shlex.split(rerun.group(1))[1:], "--quiet", "--json")
     assert resumed.exit_code == 0, resumed.output
     assert [r["seed"] for r in json.loads(resumed.stdout)["runs"]] == [0, 1, 2]
     assert {p.name: p.stat().st_mtime_ns for p in (group / "seed-0").iterdir()} == seed0

@@ -42,6 +42,11 @@ def atomic_paths(targets: Sequence[Path]) -> Iterator[list[Path]]:
     os.umask(umask)
     try:
         for target in targets:
+            if target.is_dir():  # the rename would fail last, naming its temporary twin
+                raise OutputError(
+                    f"{target} is a folder where rtk writes a file; move it away or choose "
+                    "another folder"
+                )
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp_name = tempfile.mkstemp(

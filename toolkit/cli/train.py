@@ -436,6 +436,7 @@ def _run_plan(
     from toolkit.data import load_dataset
     from toolkit.training import ConfigError, RunDir, SeedGroup, Trainer, check_dataset
     from toolkit.training.device import check_precision
+    from toolkit.training.rundir import resume_command
 
     # Under torchrun every rank would make the group, and each seed's run ends the process group.
     if (plan.groups or plan.new_groups) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -467,7 +468,8 @@ def _run_plan(
             for index, group in enumerate(groups):
                 # After Ctrl-C, one line continues this group and every one after it.
                 rerun = " && ".join(
-                    f"rtk train --resume {g.path}{_ray_flags(ray)}" for g in groups[index:]
+                    resume_command(g.path, dataset.source.path) + _ray_flags(ray)
+                    for g in groups[index:]
                 )
                 summary = _train_group(
                     group, dataset, rerun=rerun, tensorboard=tensorboard, quiet=quiet,

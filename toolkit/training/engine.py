@@ -42,7 +42,7 @@ from toolkit.training.device import (
     strict_fp32,
 )
 from toolkit.training.records import TEST_PRECISION, EpochRecord, TrainResult
-from toolkit.training.rundir import RunDir
+from toolkit.training.rundir import RunDir, resume_command
 
 PROGRESS_EVERY = 10  # batches between progress reports (each one syncs the device)
 
@@ -181,13 +181,13 @@ def _out_of_memory_as_error(batch_size: int) -> Iterator[None]:
 
 
 @contextmanager
-def _interrupt_as_error(rundir: RunDir) -> Iterator[None]:
+def _interrupt_as_error(rundir: RunDir, data: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"interrupted; {rundir.last} holds the last finished epoch: "
-            f"resume with `rtk train --resume {rundir.path}`"
+            f"resume with `{resume_command(rundir.path, data)}`"
         ) from None
 
 
@@ -476,7 +476,10 @@ class Trainer:
             # disk, a folder where a file belongs) leaves the finished result as it was.
             self.rundir.clear_metrics()
         try:
-            with _interrupt_as_error(self.rundir), _out_of_memory_as_error(c.batch_size):
+            with (
+                _interrupt_as_error(self.rundir, self.dataset.source.path),
+                _out_of_memory_as_error(c.batch_size),
+            ):
                 # A run killed after its last epoch goes straight to the test of its best weights.
                 while self.epoch < c.epochs and not stopped_early:
                     record = self._train_epoch()

@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import platform
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -162,14 +163,16 @@ class RunDir:
             raise RunDirError(
                 f"{path} is a file, not a run directory; move it away or pick another run name"
             )
-        if path.is_dir() and not cls._unstarted(path):
+        if path.is_dir() and not cls.unstarted(path):
             raise RunDirError(
                 f"run directory {path} already exists; pick another --name or "
                 f"continue it with --resume {path}"
             )
 
     @classmethod
-    def _unstarted(cls, path: Path) -> bool:
+    def unstarted(cls, path: Path) -> bool:
+        """Nothing trained yet: only what a run writes before its first checkpoint, a lock or
+        leftover temporary files."""
         return all(
             f.name in cls._BEFORE_FIRST_CHECKPOINT or f.name == LOCK_NAME or _leftover(f)
             for f in path.iterdir()
@@ -403,6 +406,12 @@ class RunDir:
             raise RunDirError(f"{self.path} has no {name}; {hint}") from exc
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{path} is not readable JSON ({exc})") from exc
+
+
+def resume_command(path: Path, data: Path) -> str:
+    """The shell line that continues the run or seed group at ``path`` on its own data (a
+    resume on other data is refused), quoted so that it runs as printed."""
+    return shlex.join(["rtk", "train", "--resume", str(path), "--data", str(data)])
 
 
 def resume_config(run_path: Path, *, epochs: int | None = None) -> TrainConfig:
