@@ -16,7 +16,7 @@ from typing import Any
 
 from analysis.plots import depth_curves
 from analysis.report import markdown_table
-from analysis.reproduce import settings_apart, train_run
+from analysis.reproduce import Executor, train_all
 from analysis.verdicts import Verdict, judge
 from toolkit.data import Dataset
 from toolkit.errors import RtkError
@@ -204,12 +204,14 @@ def depth_study(
     say: Callable[[str], None] = lambda _: None,
     observer: Observer | None = None,
     rerun: str | None = None,
+    executor: Executor | None = None,
 ) -> DepthStudy:
     """Train (or reuse, or resume) the plain and residual network at each depth, then write
-    the Fig. 6-style figure and ``DEPTH.md`` into ``out``; one process at a time writes it."""
+    the Fig. 6-style figure and ``DEPTH.md`` into ``out``; one process at a time writes it.
+    ``executor`` trains the unfinished runs elsewhere (Ray) first."""
     rerun = rerun or f"rtk study depth --budget {budget.name} --out {out}"
     with writing(out, outputs=[out / "DEPTH.md", out / "figures"]):
-        return _depth_study(budget, depths, out, dataset, overrides, say, observer, rerun)
+        return _depth_study(budget, depths, out, dataset, overrides, say, observer, rerun, executor)
 
 
 def _depth_study(
@@ -221,16 +223,13 @@ def _depth_study(
     say: Callable[[str], None],
     observer: Observer | None,
     rerun: str,
+    executor: Executor | None,
 ) -> DepthStudy:
     start = time.perf_counter()
     configs = study_configs(budget, depths, overrides)
     archs = list(configs)
-    apart: dict[str, str] = {}
-    for arch, config in configs.items():
-        run = out / "runs" / arch
-        say(f"{arch}: {train_run(config, run, dataset, observer, rerun=rerun)} ({run})")
-        if difference := settings_apart(run, config):
-            apart[arch] = difference
+    planned = {arch: (config, out / "runs" / arch) for arch, config in configs.items()}
+    apart = train_all(planned, dataset, observer, rerun=rerun, executor=executor, say=say)
     runs = [_depth_run(arch, out / "runs" / arch) for arch in archs]
     verdict = degradation_claim(runs)
     figure = depth_curves(

@@ -202,6 +202,49 @@ def _check_place(run: Path, arch: str) -> None:
         raise RunDirError(f"{run} holds a run of {stored}, not {arch}; {move}")
 
 
+# Trains the runs it is given somewhere else, all at once (``rtk ... --executor ray``:
+# ``toolkit.cluster.ray_executor``), leaving each one's ordinary finished run folder.
+Executor = Callable[[list[tuple[TrainConfig, Path]]], None]
+
+
+def train_all(
+    planned: dict[str, tuple[TrainConfig, Path]],
+    dataset: Dataset,
+    observer: Observer | None,
+    *,
+    rerun: str,
+    executor: Executor | None,
+    say: Callable[[str], None],
+) -> dict[str, str]:
+    """Every planned run (architecture -> settings, folder) trained, resumed or reused, each
+    said; with an ``executor``, the unfinished ones are trained by it first. Returns the runs
+    found trained under other settings than planned (architecture -> how)."""
+    sent = _train_elsewhere(list(planned.values()), executor)
+    apart = {}
+    for arch, (config, run) in planned.items():
+        said = train_run(config, run, dataset, observer, rerun=rerun)
+        say(f"{arch}: {'trained by the executor' if run in sent else said} ({run})")
+        if difference := settings_apart(run, config):
+            apart[arch] = difference
+    return apart
+
+
+def _train_elsewhere(
+    planned: list[tuple[TrainConfig, Path]], executor: Executor | None
+) -> set[Path]:
+    """Hand every planned run that has not finished to ``executor`` at once, after the checks
+    ``train_run`` makes (so no foreign run is sent); the caller then reuses them. Returns the
+    runs sent (none without an executor)."""
+    if executor is None:
+        return set()
+    for config, run in planned:
+        _check_place(run, config.arch)
+    pending = [(config, run) for config, run in planned if not RunDir(run).finished]
+    if pending:
+        executor(pending)
+    return {run for _, run in pending}
+
+
 def train_run(
     config: TrainConfig, run: Path, dataset: Dataset, observer: Observer | None, *, rerun: str
 ) -> str:
@@ -236,14 +279,16 @@ def reproduce(
     say: Callable[[str], None] = lambda _: None,
     observer: Observer | None = None,
     rerun: str | None = None,
+    executor: Executor | None = None,
 ) -> ReproduceResult:
     """Everything ``rtk reproduce`` does, into ``out``; one process at a time writes it.
-    ``rerun`` is the command that continues after Ctrl-C (the CLI gives its exact line)."""
+    ``rerun`` is the command that continues after Ctrl-C (the CLI gives its exact line);
+    ``executor`` trains the unfinished runs elsewhere (Ray) before the rest."""
     rerun = rerun or f"rtk reproduce --budget {budget.name} --out {out}" + (
         f" {budget.flags}" if budget.flags else ""
     )
     with writing(out, outputs=[out / "REPORT.md", out / "figures"]):
-        return _reproduce(budget, models, out, dataset, say, observer, rerun)
+        return _reproduce(budget, models, out, dataset, say, observer, rerun, executor)
 
 
 def _reproduce(
@@ -254,6 +299,7 @@ def _reproduce(
     say: Callable[[str], None],
     observer: Observer | None,
     rerun: str,
+    executor: Executor | None,
 ) -> ReproduceResult:
     start = time.perf_counter()
     # The CPU trainer's allocator setting is process-wide and for good: set it first, so the
@@ -263,13 +309,11 @@ def _reproduce(
     archs = [table_one_architecture(m)[0].name for m in models]
     runs = {arch: out / "runs" / arch for arch in archs}
     figures = out / "figures"
-    apart: dict[str, str] = {}  # runs trained under other settings than this budget's
+    planned = {arch: (budget_config(arch, budget), run) for arch, run in runs.items()}
+    # runs trained under other settings than this budget's
+    apart = train_all(planned, dataset, observer, rerun=rerun, executor=executor, say=say)
     bench_notes: list[str] = []
     for arch, run in runs.items():
-        config = budget_config(arch, budget)
-        say(f"{arch}: {train_run(config, run, dataset, observer, rerun=rerun)} ({run})")
-        if difference := settings_apart(run, config):
-            apart[arch] = difference
         files = [run / "model.onnx", run / "model.int8.onnx"]  # fp32 and its VNNI-ready copy
         best = RunDir(run).best.stat().st_mtime
         if not all(f.is_file() and f.stat().st_mtime >= best for f in files):

@@ -1,5 +1,6 @@
-"""`rtk train --seeds ... --executor ray`: each seed a Ray task on a local Ray instance, with the
-very numbers of the local loop, a killed worker's run resumed, and the refusals."""
+"""`--executor ray` (`rtk train --seeds`, `rtk study depth`, `rtk reproduce`): each run a Ray task
+on a local Ray instance, with the very numbers of the local loop, a killed worker's run resumed,
+and the refusals."""
 
 from __future__ import annotations
 
@@ -144,3 +145,43 @@ def test_ray_settings_refused_in_one_line(data: Path, tmp_path: Path, args: list
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert not any(p.name.startswith("seed-") for p in tmp_path.rglob("*"))  # nothing trained
+
+
+def test_a_depth_study_through_ray_has_the_local_studys_numbers(data: Path, tmp_path: Path):
+    """`rtk study depth --executor ray`: both networks as Ray tasks at once, then the study's
+    table and verdict from their runs, exactly as the local loop's; a rerun reuses them."""
+    study = ["study", "depth", "--depth", "20", "--epochs", "1", "--train-subset", "100",
+             "--val-size", "40", "--data", data, "--quiet", "--json"]  # fmt: skip
+    local = _rtk(*study, "--out", tmp_path / "local")
+    assert local.returncode == 0, local.stderr
+    ray = _rtk(*study, "--out", tmp_path / "ray", "--executor", "ray", "--cpus-per-run", THREADS)
+    assert ray.returncode == 0, ray.stderr
+    for arch in ("plain20", "resnet20"):
+        assert f"runs/{arch}: trained as a Ray task" in ray.stderr
+        assert f"{arch}: trained by the executor" in ray.stderr
+        assert _numbers(tmp_path / "ray" / "runs" / arch) == _numbers(
+            tmp_path / "local" / "runs" / arch
+        )
+    ours, theirs = json.loads(ray.stdout), json.loads(local.stdout)
+    assert ours["verdict"] == theirs["verdict"]
+    assert [r["test_error"] for r in ours["runs"]] == [r["test_error"] for r in theirs["runs"]]
+    again = _rtk(*study, "--out", tmp_path / "ray", "--executor", "ray")
+    assert again.returncode == 0 and "plain20: reused" in again.stderr  # no Ray session needed
+
+
+@pytest.mark.parametrize("command", [["study", "depth", "--depth", "20"], ["reproduce"]])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--executor", "dask"], "--executor is local or ray"),
+        (["--gpus-per-run", "1"], "--gpus-per-run go with --executor ray"),
+        (["--executor", "ray", "--cpus-per-run", "-1"], "must be positive"),
+    ],
+)
+def test_study_and_reproduce_refuse_bad_executor_settings_before_any_work(
+    data: Path, tmp_path: Path, command: list[str], args: list[str], message: str
+):
+    done = _rtk(*command, "--data", data, "--out", tmp_path / "out", *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()

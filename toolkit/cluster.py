@@ -269,3 +269,41 @@ def _cause(exc: BaseException) -> str:
 def job_settings(config: Any) -> dict[str, Any]:
     """A run's settings as a task takes them (JSON's types, the way config.json holds them)."""
     return json.loads(json.dumps(config.to_dict()))
+
+
+def ray_executor(
+    settings: RaySettings, data: Path, *, say: Callable[[str], None], rerun: str
+) -> Callable[[list[tuple[Any, Path]]], None]:
+    """What ``rtk study depth`` and ``rtk reproduce`` hand their unfinished runs to under
+    ``--executor ray``: each (settings, run folder) a Ray task, all at once, on a session opened
+    for them; the command then reuses the finished runs as it would its own. ``rerun`` is the
+    command that continues after Ctrl-C."""
+
+    def execute(jobs: list[tuple[Any, Path]]) -> None:
+        from toolkit.training import TrainingInterrupted
+
+        folders = {run.parent for _, run in jobs}
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        with ray_session(settings) as resolved:
+            for folder in folders:
+                check_shared(folder, data)
+            say(
+                f"{len(jobs)} run(s) as Ray tasks, {resolved.cpus_per_run or 0:g} CPU and "
+                f"{resolved.gpus_per_run:g} GPU each"
+            )
+            try:
+                train_runs(
+                    [(job_settings(config), run) for config, run in jobs],
+                    data,
+                    resolved,
+                    tensorboard=False,
+                    done=lambda run, _: say(f"{run}: trained as a Ray task"),
+                )
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(
+                    f"interrupted; the Ray tasks were cancelled and each run keeps its finished "
+                    f"epochs: rerun `{rerun}` to continue"
+                ) from None
+
+    return execute

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -14,6 +13,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from toolkit.cli.executor import (
+    CPUS_PER_RUN,
+    EXECUTOR,
+    GPUS_PER_RUN,
+    RAY_ADDRESS,
+    ray_flags,
+    ray_settings,
+)
 from toolkit.cli.output import console, err_console, notice, print_json, styled
 from toolkit.config import RECIPES, TrainConfig
 
@@ -245,18 +252,10 @@ def train(
     ),
     quiet: bool = typer.Option(False, help="No progress bars or epoch lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    executor: str = typer.Option(
-        "local",
-        help="Seed groups: local (one seed after another here) or ray (each seed a Ray task, "
-        "on a cluster or a local Ray instance; --out and the data on storage every node sees).",
-    ),
-    ray_address: str | None = typer.Option(
-        None, help="--executor ray: the cluster to use \\[RAY_ADDRESS, else a local instance]."
-    ),
-    cpus_per_run: float | None = typer.Option(
-        None, help="--executor ray: CPUs each run takes \\[this machine's count]."
-    ),
-    gpus_per_run: float = typer.Option(0.0, help="--executor ray: GPUs each run takes."),
+    executor: str = EXECUTOR,
+    ray_address: str | None = RAY_ADDRESS,
+    cpus_per_run: float | None = CPUS_PER_RUN,
+    gpus_per_run: float = GPUS_PER_RUN,
 ) -> None:
     """Train architectures with the paper's recipe (or --recipe sgd|seed003|fast); test the best
     weights."""
@@ -265,7 +264,7 @@ def train(
     overrides = _settings(locals())
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
-    ray = _ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
+    ray = ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
     if ray is not None and resume is None and seeds is None:  # before torchrun could start
         raise ConfigError(_RAY_NEEDS_GROUPS)
     if resume is not None:
@@ -297,33 +296,6 @@ _RAY_NEEDS_GROUPS = (
     "--executor ray trains the seeds of a group as Ray tasks: give --seeds (or --resume a seed "
     "group); a single run trains here, or across processes with --nproc"
 )
-
-
-def _ray_settings(
-    executor: str, address: str | None, cpus: float | None, gpus: float
-) -> RaySettings | None:
-    """The Ray executor's settings, or None for the local loop; refused in one line when off."""
-    from toolkit.cluster import RaySettings
-    from toolkit.training import ConfigError
-
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"--executor is local or ray, got {executor!r}")
-    if executor == "local":
-        given = [
-            f for f, v in (("--ray-address", address), ("--cpus-per-run", cpus)) if v is not None
-        ]
-        if gpus:
-            given.append("--gpus-per-run")
-        if given:
-            raise ConfigError(f"{', '.join(given)} go with --executor ray")
-        return None
-    if not (cpus is None or (math.isfinite(cpus) and cpus > 0)) or not (
-        math.isfinite(gpus) and gpus >= 0
-    ):
-        raise ConfigError(
-            f"--cpus-per-run must be positive and --gpus-per-run 0 or more, got {cpus} and {gpus}"
-        )
-    return RaySettings(address=address, cpus_per_run=cpus, gpus_per_run=gpus)
 
 
 # Options named apart from the setting they give (`compile` would shadow the builtin).
@@ -468,7 +440,7 @@ def _run_plan(
             for index, group in enumerate(groups):
                 # After Ctrl-C, one line continues this group and every one after it.
                 rerun = " && ".join(
-                    resume_command(g.path, dataset.source.path) + _ray_flags(ray)
+                    resume_command(g.path, dataset.source.path) + ray_flags(ray)
                     for g in groups[index:]
                 )
                 summary = _train_group(
@@ -493,16 +465,6 @@ def _run_plan(
             _print_result(result)
     if as_json and main_rank:
         print_json(results if len(results) > 1 else results[0])
-
-
-def _ray_flags(ray: RaySettings | None) -> str:
-    """The options that train a group on Ray again, for the command printed after Ctrl-C."""
-    if ray is None:
-        return ""
-    address = f" --ray-address {ray.address}" if ray.address else ""
-    cpus = f" --cpus-per-run {ray.cpus_per_run:g}" if ray.cpus_per_run is not None else ""
-    gpus = f" --gpus-per-run {ray.gpus_per_run:g}" if ray.gpus_per_run else ""
-    return f" --executor ray{address}{cpus}{gpus}"
 
 
 def _train_group_on_ray(
