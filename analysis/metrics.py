@@ -85,7 +85,7 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
         # same images, the same PyTorch forward; no need to run 10,000 images again.
         stored = (
             RunDir(source).read_test_predictions(
-                source=str(dataset.source.path), images=len(images)
+                source=str(dataset.source.path), images=len(images), classes=classes
             )
             if source.is_dir()
             else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from exporters.errors import ExportError, MetadataError
 from exporters.runtime import Provider, create_session
 from toolkit.errors import RtkError
 from toolkit.fileio import parse_json
+from toolkit.model_input import MAX_SIDE, MIN_STD, input_size_ok, normalization_ok
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,6 @@ class Prediction:
     top: list[Guess]
 
 
-MIN_STD = 1e-3  # a smaller std scales pixels past float32's range: "nan%" results
-MAX_SIDE = 8192  # a model input side larger than any image rtk predict decodes
-
-
 def _prop(props: dict[str, str], key: str, kind: type) -> Any:
     """A JSON metadata entry of the model, of ``kind``; None when absent."""
     if key not in props:
@@ -58,18 +54,6 @@ def _prop(props: dict[str, str], key: str, kind: type) -> Any:
     if not isinstance(value, kind):
         raise MetadataError(f"the model's {key} metadata is not a JSON {kind.__name__}")
     return value
-
-
-def _normalization_ok(mean: object, std: object) -> bool:
-    def numbers(values: object) -> list[float] | None:
-        if not isinstance(values, list) or len(values) != 3:
-            return None
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            return None
-        return [float(v) for v in values] if all(math.isfinite(v) for v in values) else None
-
-    m, s = numbers(mean), numbers(std)
-    return m is not None and s is not None and min(s) >= MIN_STD
 
 
 def read_meta(
@@ -103,15 +87,28 @@ def read_meta(
             "for example --classes cat,dog --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5"
         )
     assert chosen_classes and chosen_mean and chosen_std
-    if not _normalization_ok(chosen_mean, chosen_std):
+    if not normalization_ok(chosen_mean, chosen_std):
+        if mean and std:
+            raise MetadataError(
+                f"--mean and --std take 3 finite numbers each (std at least {MIN_STD}), got "
+                f"{chosen_mean} and {chosen_std}"
+            )
+        # Name where each value came from: a broken file's values are no fault of the flags.
+        stored = f"the model's {metadata.NORMALIZATION} metadata"
+        got = (
+            f"mean {chosen_mean!r} and std {chosen_std!r} from {stored}"
+            if not (mean or std)
+            else f"mean {chosen_mean!r} (from {'--mean' if mean else stored}) and std "
+            f"{chosen_std!r} (from {'--std' if std else stored})"
+        )
         raise MetadataError(
-            f"--mean and --std take 3 finite numbers each (std at least {MIN_STD}), got "
-            f"{chosen_mean} and {chosen_std}"
+            f"{got} are not 3 finite numbers each (std at least {MIN_STD}); pass --mean and "
+            "--std, or re-export the model with `rtk export`"
         )
     size = [d if isinstance(d, int) else None for d in input_shape[1:]]
     if len(size) != 3 or any(d is None for d in size):
         size = _prop(props, metadata.INPUT_SIZE, list) or [3, 32, 32]
-        if len(size) != 3 or not all(isinstance(d, int) and 0 < d <= MAX_SIDE for d in size):
+        if not input_size_ok(size):
             raise MetadataError(
                 f"the model's {metadata.INPUT_SIZE} metadata {size} is no [channels, height, "
                 f"width] of positive sizes up to {MAX_SIDE}; re-export it with `rtk export`"
@@ -247,6 +244,15 @@ def predict(
     if logits.shape[1] != len(meta.classes):
         raise MetadataError(
             f"{model} gives {logits.shape[1]} outputs but {len(meta.classes)} class names"
+        )
+    # The inputs are finite (pixels in [0, 1], std at least MIN_STD), so the weights are at
+    # fault; softmax would turn them into "nan%" guesses that look like an answer.
+    broken = [path for path, row in zip(images, logits, strict=True) if not np.isfinite(row).all()]
+    if broken:
+        raise ExportError(
+            f"{model} produced non-finite logits (NaN or infinity) for {len(broken)} of "
+            f"{len(images)} images (first {broken[0]}): its weights are broken; export a "
+            "checkpoint of a run that trained without diverging"
         )
     shifted = np.exp(logits - logits.max(1, keepdims=True))
     probabilities = shifted / shifted.sum(1, keepdims=True)

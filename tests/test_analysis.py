@@ -24,7 +24,14 @@ from toolkit.cli import app
 from toolkit.data import Dataset, TensorLoader, load_dataset
 from toolkit.models import create_model
 from toolkit.models.resnet import ResNet
-from toolkit.training import RunDir, Trainer, TrainResult, make_config
+from toolkit.training import (
+    RunDir,
+    Trainer,
+    TrainResult,
+    initial_checkpoint,
+    make_config,
+    save_checkpoint,
+)
 
 
 def run_cli(*args: str):
@@ -105,6 +112,28 @@ def test_a_run_directory_reuses_its_own_test_pass_until_best_changes(
     later = (trained_run / "test_predictions.json").stat().st_mtime + 5
     os.utime(trained_run / "best.pt", (later, later))
     assert predict_test(trained_run, dataset).predicted.tolist() == stored["predicted"]
+
+
+def test_stored_predictions_must_name_the_runs_classes(dataset: Dataset, tmp_path: Path):
+    # A file whose own class list was lengthened passed its own check with a prediction of 99,
+    # and the reports silently dropped that image: such a file is predicted afresh, as any bad one.
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.pt", initial_checkpoint("baseline-cnn", list(CLASSES)))
+    (run / "config.json").write_text(json.dumps({"settings": {"arch": "baseline-cnn"}}))
+    fresh = predict_test(run / "best.pt", dataset).predicted.tolist()
+    stored = {"source": str(dataset.source.path), "classes": list(CLASSES), "best_epoch": 1}
+    shifted = [(p + 1) % 10 for p in fresh]
+    (run / "test_predictions.json").write_text(json.dumps({**stored, "predicted": shifted}))
+    assert predict_test(run, dataset).predicted.tolist() == shifted  # a good file is reused
+    lengthened = {**stored, "classes": [f"c{i}" for i in range(100)]}
+    forged = [99, *shifted[1:]]
+    (run / "test_predictions.json").write_text(json.dumps({**lengthened, "predicted": forged}))
+    assert predict_test(run, dataset).predicted.tolist() == fresh
+    # Another run's file (other class names, every index in range) is not this run's either.
+    renamed = {**stored, "classes": [f"c{i}" for i in range(10)], "predicted": shifted}
+    (run / "test_predictions.json").write_text(json.dumps(renamed))
+    assert predict_test(run, dataset).predicted.tolist() == fresh
 
 
 def test_plots_are_decodable_pngs(trained_run: Path, dataset: Dataset, tmp_path: Path):

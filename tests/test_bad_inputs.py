@@ -34,6 +34,7 @@ from toolkit.training import SeedGroup, initial_checkpoint, make_config, save_ch
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 HANG_S = 60  # a FIFO opened for reading waits forever for a writer: fail instead of hanging
+FAST_S = 20  # rows refused before anything is timed or trained: far more means no refusal
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,19 @@ def _huge_input_model(ws: Workspace) -> None:
     onnx.save(model, str(ws.root / "huge.onnx"))
 
 
+def _nan_weights_model(ws: Workspace) -> None:
+    """``nan.onnx``: the workspace's bare classifier with NaN weights (a diverged run's)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(ws.root / "model.onnx"))
+    (weight,) = model.graph.initializer
+    nan = np.full(tuple(weight.dims), np.nan, dtype=np.float32)
+    weight.CopyFrom(numpy_helper.from_array(nan, weight.name))
+    onnx.save(model, str(ws.root / "nan.onnx"))
+
+
 def _two_checkpoints_named_alike(ws: Workspace) -> None:
     for folder in ("a", "b"):
         (ws.root / folder).mkdir()
@@ -263,6 +277,7 @@ class Row:
     phrase: str  # in the one line on stderr
     setup: Setup | None = None
     marks: tuple = ()
+    timeout_s: int = HANG_S  # the row fails when rtk still runs after this
 
 
 _EPOCH = (
@@ -530,9 +545,46 @@ ROWS = [
         "takes one seed group or two"),
     # rtk bench
     Row("bench-seconds", ["bench", "baseline-cnn", "--seconds", "0", "--runs", "{ws}/runs"], 2,
-        "--seconds positive"),
+        "--seconds must be positive"),
     Row("bench-seconds-nan", ["bench", "baseline-cnn", "--seconds", "nan", "--runs", "{ws}/runs"],
         2, "--seconds"),
+    # Audit: checkpoint fields typed where the checkpoint is loaded (a version "2" was an internal
+    # error; a hostile normalization or input size reached the ONNX metadata), predict's refusals
+    # naming where the values came from, NaN logits shown as "nan%", and bench settings with no
+    # upper bound (timing for ever, refused fast before anything is timed)
+    Row("ckpt-version-text", export(), 2, "has version '2', which is no format number",
+        _checkpoint(lambda p: p.update(version="2"))),
+    Row("ckpt-normalization-text", export(), 2,
+        "has normalization {{'mean': ['\\x1b[2J', 0, 0], 'std'",  # {{: format()'s brace
+        _checkpoint(lambda p: p["normalization"].update(mean=["\x1b[2J", 0, 0]))),
+    Row("ckpt-normalization-std-zero", export(), 2, "(want a mean and a std of 3 finite numbers",
+        _checkpoint(lambda p: p["normalization"].update(std=[0.5, 0, 0.5]))),
+    Row("ckpt-normalization-missing", export(), 2, "has normalization None (want a mean",
+        _checkpoint(lambda p: p.pop("normalization"))),
+    Row("ckpt-input-size-huge", export(), 2, "input_size [3, 40000, 40000] (want [channels, "
+        "height, width], each a whole number in [1, 8192])",
+        _checkpoint(lambda p: p.update(input_size=[3, 40000, 40000]))),
+    Row("ckpt-metrics-mistyped", export(), 2, "has metrics val_acc 'high' (want a number or null)",
+        _checkpoint(lambda p: p.update(metrics={"val_acc": "high"}))),
+    Row("ckpt-epoch-mistyped", export(), 2, "has epoch 1.5 (want a whole number or null)",
+        _checkpoint(lambda p: p.update(epoch=1.5))),
+    Row("predict-metadata-tiny-std", ["predict", "{ws}/meta.onnx", "{image}", "--classes",
+        "a,b,c,d"], 2, "std [1e-300, 1, 1] from the model's rtk.normalization metadata are not",
+        _onnx_with_metadata("rtk.normalization", '{"mean": [0, 0, 0], "std": [1e-300, 1, 1]}')),
+    Row("predict-metadata-std-text", ["predict", "{ws}/meta.onnx", "{image}", "--classes",
+        "a,b,c,d", "--mean", "0,0,0"], 2,
+        "std ['x', 1, 1] (from the model's rtk.normalization metadata) are not",
+        _onnx_with_metadata("rtk.normalization", '{"mean": [0, 0, 0], "std": ["x", 1, 1]}')),
+    Row("predict-nan-logits", predict(model="{ws}/nan.onnx"), 2,
+        "produced non-finite logits (NaN or infinity) for 1 of 1 images", _nan_weights_model),
+    Row("bench-warmup-huge", ["bench", "baseline-cnn", "--warmup", "100000000000", "--runs",
+        "{ws}/runs"], 2, "--warmup must be in [0, 10,000], got 100000000000", timeout_s=FAST_S),
+    Row("bench-iters-huge", ["bench", "baseline-cnn", "--iters", "100000000", "--runs",
+        "{ws}/runs"], 2, "--iters must be in [1, 1,000,000], got 100000000", timeout_s=FAST_S),
+    Row("bench-seconds-huge", ["bench", "baseline-cnn", "--seconds", "100000", "--runs",
+        "{ws}/runs"], 2, "--seconds must be positive and at most 3,600", timeout_s=FAST_S),
+    Row("bench-threads-huge", ["bench", "baseline-cnn", "--threads", "100000", "--runs",
+        "{ws}/runs"], 2, "--threads must be in [1, 1,024], got 100000", timeout_s=FAST_S),
 ]
 # fmt: on
 
@@ -552,7 +604,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def _timeout(signum: int, frame: object) -> None:
-    raise TimeoutError(f"rtk still runs after {HANG_S} s (waiting on a FIFO?)")
+    raise TimeoutError("rtk still runs past the row's time limit (waiting on a FIFO? timing?)")
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=r.marks) for r in ROWS])
@@ -571,7 +623,7 @@ def test_bad_input_is_one_line_and_changes_nothing(
     args = [arg.format(**paths) for arg in row.args]
     before = _snapshot(tmp_path)
     previous = signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(HANG_S)
+    signal.alarm(row.timeout_s)
     try:
         result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     finally:

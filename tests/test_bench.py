@@ -196,8 +196,8 @@ def test_latency_claim_is_judged_from_the_numbers():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["baseline-cnn", "--iters", "0"], "--iters and --threads must be at least 1"),
-        (["baseline-cnn", "--threads", "0"], "--iters and --threads must be at least 1"),
+        (["baseline-cnn", "--iters", "0"], "--iters must be in [1, 1,000,000], got 0"),
+        (["baseline-cnn", "--threads", "0"], "--threads must be in [1, 1,024], got 0"),
         (["baseline-cnn", "--batch-sizes", "1,x"], "--batch-sizes takes positive integers"),
         (["corrupt.onnx"], "is not a readable ONNX model"),
         (["resnet152"], "is not an ONNX file, a run directory or unknown architecture"),

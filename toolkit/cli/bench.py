@@ -62,6 +62,29 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+# Upper bounds far past what a stable latency needs, so that a typo (an extra 0 or three)
+# is refused at once instead of timing for ever or starting a thread per core a thousand times.
+TIMING_LIMITS: dict[str, tuple[int, int]] = {  # flag: (lowest, highest)
+    "--warmup": (0, 10_000),
+    "--iters": (1, 1_000_000),
+    "--threads": (1, 1024),
+}
+MAX_SECONDS = 3600  # per batch size and model: an hour
+
+
+def _check_timing(*, warmup: int, iters: int | None, seconds: float, threads: int | None) -> None:
+    from toolkit.errors import RtkError
+
+    for flag, value in (("--warmup", warmup), ("--iters", iters), ("--threads", threads)):
+        low, high = TIMING_LIMITS[flag]
+        if value is not None and not low <= value <= high:
+            raise RtkError(f"{flag} must be in [{low}, {high:,}], got {value}")
+    if not 0 < seconds <= MAX_SECONDS:  # NaN fails this too
+        raise RtkError(
+            f"--seconds must be positive and at most {MAX_SECONDS:,} (an hour), got {seconds}"
+        )
+
+
 @app.command("inference")
 def inference(
     models: list[str] = typer.Argument(
@@ -139,10 +162,7 @@ def inference(
             f"{reports[0]} is not a model: --json prints the report on stdout; write it to a "
             f"file with --json-out {reports[0]}"
         )
-    if (iters is not None and iters < 1) or (threads is not None and threads < 1):
-        raise RtkError("--iters and --threads must be at least 1")
-    if warmup < 0 or not seconds > 0 or not math.isfinite(seconds):
-        raise RtkError("--warmup must be 0 or more and --seconds positive")
+    _check_timing(warmup=warmup, iters=iters, seconds=seconds, threads=threads)
     if (baseline is None) != (max_regression is None):
         raise RtkError("the CI gate takes both --baseline OLD.json and --max-regression PCT")
     if max_regression is not None and not 0 <= max_regression < math.inf:

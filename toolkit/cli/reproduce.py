@@ -6,14 +6,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.executor import (
-    CPUS_PER_RUN,
-    EXECUTOR,
-    GPUS_PER_RUN,
-    RAY_ADDRESS,
-    executor_for,
-    ray_settings,
-)
+from toolkit.cli import executor as ex
 from toolkit.cli.output import console, err_console, notice, print_json, styled, this_command
 
 
@@ -41,10 +34,10 @@ def reproduce(
     ),
     quiet: bool = typer.Option(False, help="No training progress."),
     as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
-    executor: str = EXECUTOR,
-    ray_address: str | None = RAY_ADDRESS,
-    cpus_per_run: float | None = CPUS_PER_RUN,
-    gpus_per_run: float = GPUS_PER_RUN,
+    executor: str = ex.EXECUTOR,
+    ray_address: str | None = ex.RAY_ADDRESS,
+    cpus_per_run: float | None = ex.CPUS_PER_RUN,
+    gpus_per_run: float = ex.GPUS_PER_RUN,
 ) -> None:
     """Train, export, validate, bench and analyse Table I's models; write REPORT.md."""
     from analysis.report import table_one_architecture
@@ -58,7 +51,7 @@ def reproduce(
     if budget not in BUDGETS:
         raise RtkError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
     chosen = BUDGETS[budget] if amp is None else with_amp(BUDGETS[budget], amp)
-    ray = ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
+    ray = ex.ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
     for model in models or chosen.models:  # a refused precision, before anything is written
         check_precision(budget_config(table_one_architecture(model)[0].name, chosen))
     notice(f"budget {budget}, recipe {chosen.recipe}: {chosen.reduction}")
@@ -73,7 +66,7 @@ def reproduce(
         say=notice,
         observer=observer,
         rerun=rerun,
-        executor=executor_for(ray, dataset.source.path, rerun),
+        executor=ex.executor_for(ray, dataset.source.path, rerun),
     )
     if as_json:
         print_json(result)

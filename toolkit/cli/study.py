@@ -7,14 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from toolkit.cli.executor import (
-    CPUS_PER_RUN,
-    EXECUTOR,
-    GPUS_PER_RUN,
-    RAY_ADDRESS,
-    executor_for,
-    ray_settings,
-)
+from toolkit.cli import executor as ex
 from toolkit.cli.output import console, err_console, notice, print_json, styled, this_command
 
 app = typer.Typer(help="Experiments beyond the paper (depth).", no_args_is_help=True)
@@ -40,10 +33,10 @@ def depth(
     val_size: int | None = typer.Option(None, help="Validation images \\[the budget's]."),
     quiet: bool = typer.Option(False, help="No training progress."),
     as_json: bool = typer.Option(False, "--json", help="Print the study as JSON."),
-    executor: str = EXECUTOR,
-    ray_address: str | None = RAY_ADDRESS,
-    cpus_per_run: float | None = CPUS_PER_RUN,
-    gpus_per_run: float = GPUS_PER_RUN,
+    executor: str = ex.EXECUTOR,
+    ray_address: str | None = ex.RAY_ADDRESS,
+    cpus_per_run: float | None = ex.CPUS_PER_RUN,
+    gpus_per_run: float = ex.GPUS_PER_RUN,
 ) -> None:
     """Plain against residual networks at several depths (He et al.'s Fig. 6): training and
     validation error per epoch, test error, and a verdict on degradation. Rerun to resume."""
@@ -63,7 +56,7 @@ def depth(
     if budget not in DEPTH_BUDGETS:
         raise RtkError(f"unknown budget {budget!r}; choose one of: {', '.join(DEPTH_BUDGETS)}")
     chosen = DEPTH_BUDGETS[budget]
-    ray = ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
+    ray = ex.ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
     depths = depths or list(DEFAULT_DEPTHS)
     overrides = {"epochs": epochs, "train_subset": train_subset, "val_size": val_size}
     configs = study_configs(chosen, depths, overrides)  # a bad depth or setting fails first
@@ -83,7 +76,7 @@ def depth(
         say=notice,
         observer=None if quiet else RichObserver(err_console, progress=True),
         rerun=rerun,
-        executor=executor_for(ray, dataset.source.path, rerun),
+        executor=ex.executor_for(ray, dataset.source.path, rerun),
     )
     if as_json:
         print_json(study)

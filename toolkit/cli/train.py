@@ -13,14 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from toolkit.cli.executor import (
-    CPUS_PER_RUN,
-    EXECUTOR,
-    GPUS_PER_RUN,
-    RAY_ADDRESS,
-    ray_flags,
-    ray_settings,
-)
+from toolkit.cli import executor as ex
 from toolkit.cli.output import console, err_console, notice, print_json, styled
 from toolkit.config import RECIPES, TrainConfig
 
@@ -252,10 +245,10 @@ def train(
     ),
     quiet: bool = typer.Option(False, help="No progress bars or epoch lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    executor: str = EXECUTOR,
-    ray_address: str | None = RAY_ADDRESS,
-    cpus_per_run: float | None = CPUS_PER_RUN,
-    gpus_per_run: float = GPUS_PER_RUN,
+    executor: str = ex.EXECUTOR,
+    ray_address: str | None = ex.RAY_ADDRESS,
+    cpus_per_run: float | None = ex.CPUS_PER_RUN,
+    gpus_per_run: float = ex.GPUS_PER_RUN,
 ) -> None:
     """Train architectures with the paper's recipe (or --recipe sgd|seed003|fast); test the best
     weights."""
@@ -264,7 +257,7 @@ def train(
     overrides = _settings(locals())
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
-    ray = ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
+    ray = ex.ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
     if ray is not None and resume is None and seeds is None:  # before torchrun could start
         raise ConfigError(_RAY_NEEDS_GROUPS)
     if resume is not None:
@@ -440,7 +433,7 @@ def _run_plan(
             for index, group in enumerate(groups):
                 # After Ctrl-C, one line continues this group and every one after it.
                 rerun = " && ".join(
-                    resume_command(g.path, dataset.source.path) + ray_flags(ray)
+                    resume_command(g.path, dataset.source.path) + ex.ray_flags(ray)
                     for g in groups[index:]
                 )
                 summary = _train_group(

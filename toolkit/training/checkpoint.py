@@ -6,18 +6,23 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from toolkit import __version__
+from toolkit.config import mistyped
 from toolkit.data.transforms import MEAN, STD
 from toolkit.errors import RtkError, UnknownArchitectureError
 from toolkit.fileio import atomic_path
+from toolkit.model_input import MAX_SIDE, MIN_STD, input_size_ok, normalization_ok
 from toolkit.models import Classifier, build_model
+from toolkit.training.records import EpochRecord
 
 FORMAT = "rtk-checkpoint"
 VERSION = 1
@@ -89,7 +94,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise _corrupt(path, exc) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an rtk checkpoint (no rtk format marker)")
-    if payload.get("version", 0) > VERSION:
+    version = payload.get("version", 0)
+    if type(version) is not int:  # compared below: a "2" there was an internal error
+        raise CheckpointError(
+            f"checkpoint {path} has version {version!r}, which is no format number; use a "
+            "checkpoint rtk wrote"
+        )
+    if version > VERSION:
         raise CheckpointError(
             f"{path} was written by a newer rtk (format {payload['version']}); upgrade rtk"
         )
@@ -162,18 +173,43 @@ def _check_model(path: Path, payload: dict[str, Any]) -> None:
     _check_fields(path, payload)
 
 
-# The fields beyond the model that readers use, and their types (a checkpoint anyone can edit).
-_FIELDS: dict[str, type | tuple[type, ...]] = {"epoch": int, "best_epoch": int, "metrics": dict,
-                                               "config": dict, "kept": str}  # fmt: skip
+@dataclass(frozen=True)
+class _Fields:
+    """The fields beyond the model that readers use, and their types: the schema ``mistyped``
+    holds a checkpoint (a file anyone can edit) to, as it holds rtk's JSON files."""
+
+    epoch: int | None = None
+    best_epoch: int | None = None
+    metrics: dict | None = None  # an EpochRecord's fields, each checked against that record
+    config: dict | None = None
+    kept: str | None = None
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(_Fields))
+_METRIC_NAMES = tuple(f.name for f in dataclasses.fields(EpochRecord))
 
 
 def _check_fields(path: Path, payload: dict[str, Any]) -> None:
     if not all(isinstance(c, str) for c in payload["classes"]):
         raise CheckpointError(f"{path} has class names that are not text; use one rtk wrote")
-    for key, kind in _FIELDS.items():
-        value = payload.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise CheckpointError(f"{path} holds a {key} of the wrong type; use one rtk wrote")
+    bad = mistyped(payload, _Fields, _FIELD_NAMES)
+    if not bad and isinstance(payload.get("metrics"), dict):
+        bad = [f"metrics {b}" for b in mistyped(payload["metrics"], EpochRecord, _METRIC_NAMES)]
+    # What the model is fed with goes on into every export's metadata and every reader's
+    # inputs: held to the rule rtk predict holds flags and ONNX metadata to.
+    norm = payload.get("normalization")
+    if not isinstance(norm, dict) or not normalization_ok(norm.get("mean"), norm.get("std")):
+        bad.append(
+            f"normalization {norm!r} (want a mean and a std of 3 finite numbers each, std at "
+            f"least {MIN_STD})"
+        )
+    if not input_size_ok(payload.get("input_size")):
+        bad.append(
+            f"input_size {payload.get('input_size')!r} (want [channels, height, width], each "
+            f"a whole number in [1, {MAX_SIDE}])"
+        )
+    if bad:
+        raise CheckpointError(f"checkpoint {path} has {', '.join(bad)}; use one rtk wrote")
 
 
 # How torch's safe loader begins its refusal; the rest of its message advises

@@ -353,9 +353,12 @@ class RunDir:
             json.dumps({**content, "predicted": predicted}) + "\n",
         )
 
-    def read_test_predictions(self, *, source: str, images: int) -> list[int] | None:
-        """The stored test predictions of the best weights, if they were made on ``source``
-        and cover ``images`` images and are newer than best.pt; None otherwise."""
+    def read_test_predictions(
+        self, *, source: str, images: int, classes: list[str]
+    ) -> list[int] | None:
+        """The stored test predictions of the best weights, if they were made on ``source``,
+        cover ``images`` images, name the run's ``classes`` and are newer than best.pt; None
+        otherwise (the caller predicts afresh)."""
         path = self.path / self.PREDICTIONS
         if not path.is_file() or (
             self.best.is_file() and self.best.stat().st_mtime > path.stat().st_mtime
@@ -364,12 +367,12 @@ class RunDir:
         try:
             stored = parse_json(path.read_text())
             predicted = stored["predicted"]
-            classes = len(stored["classes"])
+            named = stored["classes"]
         except (OSError, ValueError, KeyError, TypeError):
             return None  # unreadable: the caller predicts afresh
-        if stored.get("source") != source or len(predicted) != images:
-            return None
-        if not all(type(p) is int and 0 <= p < classes for p in predicted):
+        if stored.get("source") != source or len(predicted) != images or named != classes:
+            return None  # another dataset, or an edited class list (a class past the run's)
+        if not all(type(p) is int and 0 <= p < len(classes) for p in predicted):
             return None  # edited or foreign: a class that does not exist
         return predicted
 
