@@ -106,7 +106,13 @@ def read_meta(
             "--std, or re-export the model with `rtk export`"
         )
     size = [d if isinstance(d, int) else None for d in input_shape[1:]]
-    if len(size) != 3 or any(d is None for d in size):
+    if len(size) == 3 and all(d is not None for d in size):
+        if not input_size_ok(size):  # a fixed input of the graph itself, resized to at once
+            raise MetadataError(
+                f"the model's input {size} is no [channels, height, width] of positive sizes "
+                f"up to {MAX_SIDE}: rtk predict cannot resize images to it"
+            )
+    else:
         size = _prop(props, metadata.INPUT_SIZE, list) or [3, 32, 32]
         if not input_size_ok(size):
             raise MetadataError(

@@ -130,6 +130,10 @@ def test_stored_predictions_must_name_the_runs_classes(dataset: Dataset, tmp_pat
     forged = [99, *shifted[1:]]
     (run / "test_predictions.json").write_text(json.dumps({**lengthened, "predicted": forged}))
     assert predict_test(run, dataset).predicted.tolist() == fresh
+    # A newer rtk's layout is never misread.
+    newer = {**stored, "format": 2, "predicted": shifted}
+    (run / "test_predictions.json").write_text(json.dumps(newer))
+    assert predict_test(run, dataset).predicted.tolist() == fresh
     # Another run's file (other class names, every index in range) is not this run's either.
     renamed = {**stored, "classes": [f"c{i}" for i in range(10)], "predicted": shifted}
     (run / "test_predictions.json").write_text(json.dumps(renamed))

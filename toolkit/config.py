@@ -135,6 +135,10 @@ class TrainConfig:
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{_flag(f.name)} must be a finite number, got {value}")
+        if self.recipe not in RECIPES:  # from a file: reports would name a recipe that never was
+            raise ConfigError(
+                f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}"
+            )
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for name, value in positive.items():
             if value <= 0:

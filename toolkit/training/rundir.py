@@ -65,9 +65,11 @@ METRIC_KEYS = (
     "test_images",
 )
 LATER_METRIC_KEYS = ("precision", "test_precision")  # written since bf16; older runs lack them
-# The layouts of config.json and metrics.json this rtk writes and reads (``check_format``).
+# The layouts of config.json, metrics.json (``check_format``) and test_predictions.json this rtk
+# writes and reads.
 CONFIG_FORMAT = 1
 METRICS_FORMAT = 1
+PREDICTIONS_FORMAT = 1
 _EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochRecord))
 
 
@@ -347,7 +349,12 @@ class RunDir:
     def write_test_predictions(
         self, predicted: list[int], *, classes: list[str], source: str, best_epoch: int
     ) -> None:
-        content = {"source": source, "classes": classes, "best_epoch": best_epoch}
+        content = {
+            FORMAT_KEY: PREDICTIONS_FORMAT,
+            "source": source,
+            "classes": classes,
+            "best_epoch": best_epoch,
+        }
         _write_text(
             self.path / self.PREDICTIONS,
             json.dumps({**content, "predicted": predicted}) + "\n",
@@ -370,6 +377,8 @@ class RunDir:
             named = stored["classes"]
         except (OSError, ValueError, KeyError, TypeError):
             return None  # unreadable: the caller predicts afresh
+        if stored.get(FORMAT_KEY, 1) != PREDICTIONS_FORMAT:
+            return None  # another layout (a newer rtk's): predicted afresh, never misread
         if stored.get("source") != source or len(predicted) != images or named != classes:
             return None  # another dataset, or an edited class list (a class past the run's)
         if not all(type(p) is int and 0 <= p < len(classes) for p in predicted):
