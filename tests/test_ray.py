@@ -25,7 +25,11 @@ RTK = str(Path(sys.executable).with_name("rtk"))
 # No cluster from the environment: every test starts its own local Ray instance. Every run, local
 # or on Ray, computes with one thread (a local run through OMP_NUM_THREADS, a Ray task through
 # --cpus-per-run 1), whatever this test process's torch was set to by earlier tests.
-ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"}
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    "OMP_NUM_THREADS": "1",
+    "COLUMNS": "400",  # one message, one line: a path is never wrapped apart
+}
 THREADS = "1"
 TIMEOUT_S = 600  # a hang fails the test instead of the CI job
 
