@@ -189,3 +189,39 @@ def test_study_and_reproduce_refuse_bad_executor_settings_before_any_work(
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_through_ray_has_the_local_reproduces_numbers(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`rtk reproduce --executor ray` hands its runs to Ray, then reports on them exactly as
+    after training them itself (the library under the CLI, with one thread on both sides)."""
+    import dataclasses
+
+    import torch
+
+    from analysis.reproduce import reproduce
+    from tests.test_reproduce import TINY
+    from toolkit.cluster import RaySettings, ray_executor
+    from toolkit.data import load_dataset
+
+    dataset = load_dataset(data)
+    budget = dataclasses.replace(TINY, lesion_draws=1, grad_batches=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what the Ray task computes with (--cpus-per-run 1)
+    try:
+        local = reproduce(budget=budget, models=["baseline-cnn"], out=tmp_path / "local",
+                          dataset=dataset)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    said: list[str] = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local instance of its own
+    settings = RaySettings(address=None, cpus_per_run=1, gpus_per_run=0)
+    executor = ray_executor(settings, data, say=said.append, rerun="again")
+    ray = reproduce(budget=budget, models=["baseline-cnn"], out=tmp_path / "ray",
+                    dataset=dataset, say=said.append, executor=executor)  # fmt: skip
+    assert f"{tmp_path / 'ray' / 'runs' / 'baseline-cnn'}: trained as a Ray task" in said
+    assert any(s.startswith("baseline-cnn: trained by the executor") for s in said)
+    run = Path("runs") / "baseline-cnn"
+    assert _numbers(tmp_path / "ray" / run) == _numbers(tmp_path / "local" / run)
+    assert [r.test_acc for r in ray.table] == [r.test_acc for r in local.table]
