@@ -48,6 +48,7 @@ bench: install
 	$(PY) benchmarks/cpu_allocator.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/cpu_runtimes.py
+	$(PY) benchmarks/ray_overhead.py
 
 # Every results table in the README and docs/, regenerated from the run records in results/.
 results: install
