@@ -3,10 +3,12 @@ registry."""
 
 from toolkit.models.base import Classifier, WeightLayer, by_stage, stage_of
 from toolkit.models.inference import autocast, batched_logits
+from toolkit.models.plugins import register_model
 from toolkit.models.registry import (
     CONTROL,
     GROUPS,
     PAPER,
+    USER,
     Architecture,
     Published,
     architecture_names,
@@ -22,6 +24,7 @@ __all__ = [
     "CONTROL",
     "GROUPS",
     "PAPER",
+    "USER",
     "Architecture",
     "Classifier",
     "Published",
@@ -37,6 +40,7 @@ __all__ = [
     "get_architecture",
     "initial_model",
     "lesioned",
+    "register_model",
     "residual_blocks",
     "stage_of",
 ]

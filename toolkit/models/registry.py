@@ -26,6 +26,7 @@ MODEL_CLASSES: dict[str, type[Classifier]] = {"ResNet": ResNet, "BaselineCNN": B
 # reproduce`, `rtk train all` and the claims use; the others are there to go beyond it.
 PAPER = "paper"
 CONTROL = "control"
+USER = "user"
 GROUPS: dict[str, str] = {
     PAPER: "Liu & Goh 2025 (arXiv 2510.24036): the paper's four models, Table I",
     CONTROL: "rtk's controls in Table I: a paper model without its skips, which the paper "
@@ -33,6 +34,7 @@ GROUPS: dict[str, str] = {
     "seed003": "seeds/003: a slim ResNet-18 (stem 3->16, padding 3; 16-128 wide)",
     "he2015": "He et al. 2015, Sec. 4.2: CIFAR ResNets (option-A shortcuts) and plain twins",
     "seed004": "seeds/004: ResNet-34, bottleneck ResNet-50 and ResNeXt on the CIFAR stem",
+    USER: "your own: registered by your module with @register_model (docs/your-own-model.md)",
 }
 
 
@@ -70,7 +72,12 @@ class Architecture:
 
 
 def build_model(model_class: str, kwargs: dict[str, Any]) -> Classifier:
-    """Rebuild a model from the class name and arguments stored in a checkpoint."""
+    """Rebuild a model from the class name and arguments stored in a checkpoint (a user's
+    class by ``module:QualName``, its module loaded as ``load_user_models`` loads them)."""
+    if model_class not in MODEL_CLASSES and ":" in model_class:
+        from toolkit.models.plugins import import_model_class
+
+        MODEL_CLASSES[model_class] = import_model_class(model_class)
     if model_class not in MODEL_CLASSES:
         raise UnknownArchitectureError(
             f"unknown model class {model_class!r}; known: {', '.join(MODEL_CLASSES)}"
@@ -99,6 +106,8 @@ _REGISTRY: dict[str, Architecture] = {}
 
 
 def register(arch: Architecture) -> Architecture:
+    if _REGISTRY.get(arch.name) == arch:  # a user's module imported twice: one architecture
+        return arch
     if arch.name in _REGISTRY:
         raise ValueError(f"architecture {arch.name!r} is registered twice")
     if arch.group not in GROUPS:
@@ -113,7 +122,11 @@ def register(arch: Architecture) -> Architecture:
 
 
 def architectures(group: str | None = None) -> list[Architecture]:
-    """Every registered architecture (or one group's), the paper's four first, in its order."""
+    """Every registered architecture (or one group's), the paper's four first, in its order;
+    the user's own last."""
+    from toolkit.models.plugins import load_user_models
+
+    load_user_models()
     return [a for a in _REGISTRY.values() if group is None or a.group == group]
 
 
@@ -124,6 +137,9 @@ def architecture_names(group: str | None = None) -> list[str]:
 def get_architecture(name: str) -> Architecture:
     """Look an architecture up by name; ``resnet18_noskip`` and ``resnet18-noskip`` are one."""
     key = name.strip().lower().replace("_", "-")
+    from toolkit.models.plugins import load_user_models
+
+    load_user_models()
     if key not in _REGISTRY:
         raise UnknownArchitectureError(
             f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)}"
@@ -197,7 +213,7 @@ register(
         group=CONTROL,
         description="Mini-ResNet with every shortcut removed",
         model_class="ResNet",
-        kwargs={**get_architecture("mini-resnet").kwargs, "skip": False},
+        kwargs={**_REGISTRY["mini-resnet"].kwargs, "skip": False},
     )
 )
 
@@ -262,7 +278,7 @@ for _depth in _HE_TABLE_6:
             description=f"resnet{_depth} without shortcuts (He et al.'s plain-{_depth}, "
             "Fig. 6: training curves only)",
             model_class="ResNet",
-            kwargs={**get_architecture(f"resnet{_depth}").kwargs, "skip": False},
+            kwargs={**_REGISTRY[f"resnet{_depth}"].kwargs, "skip": False},
         )
     )
 

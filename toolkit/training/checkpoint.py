@@ -121,6 +121,13 @@ def _check_model(path: Path, payload: dict[str, Any]) -> None:
     try:
         arch = get_architecture(str(payload.get("arch")))
     except UnknownArchitectureError as exc:
+        model_class = str(payload.get("model_class"))
+        if ":" in model_class:  # a user's model (toolkit.models.plugins): its module is missing
+            module = model_class.partition(":")[0]
+            raise CheckpointError(
+                f"{path} holds {payload.get('arch')!r}, a model of your module {module!r} "
+                f"({model_class}), which is not loaded: name its file or module in RTK_MODELS"
+            ) from exc
         raise CheckpointError(
             f"{path} is foreign: its architecture {payload.get('arch')!r} is none of rtk's "
             f"({', '.join(architecture_names())})"
