@@ -187,6 +187,7 @@ def _check_place(run: Path, arch: str) -> None:
     another architecture (by its config.json, or its last.pt when a killed run has none), or a
     folder of other files."""
     move = f"move it away, since this command keeps {arch}'s run there"
+    RunDir.refuse_link(run)
     if not run.is_dir():
         return  # absent (a new run), or a file, which RunDir.create names
     rundir = RunDir(run)

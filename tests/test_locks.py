@@ -162,7 +162,7 @@ def test_writing_clears_only_rtks_leftovers_of_its_outputs(tmp_path: Path):
 
 
 def test_a_folder_where_rtk_writes_a_file_is_named_and_left_alone(tmp_path: Path):
-    """Every file rtk writes goes through atomic_paths: a folder in its place (DEPTH.md,
+    """Every file rtk writes whole goes through atomic_paths: a folder in its place (DEPTH.md,
     config.json, a checkpoint) is refused before anything is written, naming the folder the
     user made, not the temporary twin the rename would have failed on."""
     (tmp_path / "DEPTH.md").mkdir()
@@ -179,4 +179,4 @@ def test_a_folder_where_rtk_writes_a_file_is_named_and_left_alone(tmp_path: Path
         "another folder"
     )
     assert (tmp_path / "DEPTH.md" / "mine.txt").read_text() == "the user's own\n"
-    assert not figure.exists() and not list(tmp_path.rglob("*.tmp"))
+    assert not figure.parent.exists() and not list(tmp_path.rglob("*.tmp"))

@@ -191,37 +191,57 @@ def test_study_and_reproduce_refuse_bad_executor_settings_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
-def test_reproduce_through_ray_has_the_local_reproduces_numbers(
-    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_reproduce_through_ray_has_the_local_reproduces_numbers(data: Path, tmp_path: Path):
     """`rtk reproduce --executor ray` hands its runs to Ray, then reports on them exactly as
-    after training them itself (the library under the CLI, with one thread on both sides)."""
-    import dataclasses
+    after training them itself: the library under the CLI, local then through Ray, in a process
+    of its own (Ray's driver installs signal handlers), one thread on both sides."""
+    script = f"""
+import dataclasses, json, sys
+from pathlib import Path
+import torch
+from analysis.reproduce import reproduce
+from tests.test_reproduce import TINY
+from toolkit.cluster import RaySettings, ray_executor
+from toolkit.data import load_dataset
 
-    import torch
-
-    from analysis.reproduce import reproduce
-    from tests.test_reproduce import TINY
-    from toolkit.cluster import RaySettings, ray_executor
-    from toolkit.data import load_dataset
-
-    dataset = load_dataset(data)
-    budget = dataclasses.replace(TINY, lesion_draws=1, grad_batches=1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what the Ray task computes with (--cpus-per-run 1)
-    try:
-        local = reproduce(budget=budget, models=["baseline-cnn"], out=tmp_path / "local",
-                          dataset=dataset)  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
-    said: list[str] = []
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local instance of its own
-    settings = RaySettings(address=None, cpus_per_run=1, gpus_per_run=0)
-    executor = ray_executor(settings, data, say=said.append, rerun="again")
-    ray = reproduce(budget=budget, models=["baseline-cnn"], out=tmp_path / "ray",
-                    dataset=dataset, say=said.append, executor=executor)  # fmt: skip
-    assert f"{tmp_path / 'ray' / 'runs' / 'baseline-cnn'}: trained as a Ray task" in said
-    assert any(s.startswith("baseline-cnn: trained by the executor") for s in said)
+torch.set_num_threads(1)  # what the Ray task computes with (--cpus-per-run 1)
+dataset = load_dataset(Path({str(data)!r}))
+budget = dataclasses.replace(TINY, lesion_draws=1, grad_batches=1)
+out = Path({str(tmp_path)!r})
+local = reproduce(budget=budget, models=["baseline-cnn"], out=out / "local", dataset=dataset)
+said = []
+settings = RaySettings(address=None, cpus_per_run=1, gpus_per_run=0)
+executor = ray_executor(settings, dataset.source.path, say=said.append, rerun="again")
+ray = reproduce(budget=budget, models=["baseline-cnn"], out=out / "ray", dataset=dataset,
+                say=said.append, executor=executor)
+print(json.dumps({{"said": said, "local": [r.test_acc for r in local.table],
+                  "ray": [r.test_acc for r in ray.table]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=ENV, cwd=Path(__file__).resolve().parents[1], timeout=TIMEOUT_S,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert f"{tmp_path / 'ray' / 'runs' / 'baseline-cnn'}: trained as a Ray task" in result["said"]
+    assert any(s.startswith("baseline-cnn: trained by the executor") for s in result["said"])
     run = Path("runs") / "baseline-cnn"
     assert _numbers(tmp_path / "ray" / run) == _numbers(tmp_path / "local" / run)
-    assert [r.test_acc for r in ray.table] == [r.test_acc for r in local.table]
+    assert result["ray"] == result["local"]
+
+
+def test_a_seed_folder_linked_outside_is_never_trained_into_through_ray(
+    local_group: Path, data: Path, tmp_path: Path
+):
+    """The task resolves its run's path: a link must be refused before, on the driver."""
+    import shutil
+
+    group = shutil.copytree(local_group, tmp_path / "g", symlinks=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(group / "seed-1")
+    (group / "seed-1").symlink_to(elsewhere, target_is_directory=True)
+    done = _rtk("train", "--resume", group, "--data", data, "--executor", "ray",
+                "--cpus-per-run", THREADS)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"{group}/seed-1 is a symbolic link; rtk writes a run only inside" in done.stderr
+    assert not any(elsewhere.iterdir())

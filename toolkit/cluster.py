@@ -220,15 +220,27 @@ def train_runs(
     # A task without GPUs must not see any (Ray leaves CUDA_VISIBLE_DEVICES alone for it): it
     # would take an unreserved GPU with --device auto. One run per worker process (max_calls):
     # a finished run's memory goes with its process.
-    hidden = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}} if not settings.gpus_per_run else {}
+    env = {"CUDA_VISIBLE_DEVICES": ""} if not settings.gpus_per_run else {}
+    # The user's own models (RTK_MODELS) must load in the task too: files by absolute path,
+    # which every node sees only on the shared storage (docs/your-own-model.md).
+    if models := os.environ.get("RTK_MODELS"):
+        env["RTK_MODELS"] = ",".join(
+            str(Path(m.strip()).resolve()) if m.strip().endswith(".py") else m.strip()
+            for m in models.split(",")
+            if m.strip()
+        )
     task = ray.remote(
         num_cpus=settings.cpus_per_run,
         num_gpus=settings.gpus_per_run,
         max_retries=MAX_RETRIES,
         retry_exceptions=False,  # a run's own failure would only fail again
         max_calls=1,
-        runtime_env=hidden or None,
+        runtime_env={"env_vars": env} if env else None,
     )(_train_one)
+    from toolkit.training.rundir import RunDir
+
+    for _, run in jobs:  # before resolve(), which would follow a link out of --out
+        RunDir.refuse_link(run)
     threads = max(1, int(settings.cpus_per_run))
     pending = {
         task.remote(config, str(run.resolve()), str(data.resolve()), tensorboard, threads): run

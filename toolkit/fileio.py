@@ -40,13 +40,14 @@ def atomic_paths(targets: Sequence[Path]) -> Iterator[list[Path]]:
     tmps: list[Path] = []
     umask = os.umask(0)
     os.umask(umask)
+    for target in targets:  # before anything is made: the rename would fail last, naming the
+        if target.is_dir():  # temporary twin
+            raise OutputError(
+                f"{target} is a folder where rtk writes a file; move it away or choose another "
+                "folder"
+            )
     try:
         for target in targets:
-            if target.is_dir():  # the rename would fail last, naming its temporary twin
-                raise OutputError(
-                    f"{target} is a folder where rtk writes a file; move it away or choose "
-                    "another folder"
-                )
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp_name = tempfile.mkstemp(

@@ -15,7 +15,11 @@ def _three_numbers(values: object) -> list[float] | None:
         return None
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return None
-    return [float(v) for v in values] if all(math.isfinite(v) for v in values) else None
+    try:
+        numbers = [float(v) for v in values]
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return numbers if all(math.isfinite(v) for v in numbers) else None
 
 
 def normalization_ok(mean: object, std: object) -> bool:

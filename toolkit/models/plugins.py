@@ -8,24 +8,28 @@ rtk finds your modules in two ways, both read once, the first time the registry 
   ``[project.entry-points."rtk.models"]`` then ``mine = "mypackage.models"``), as pytest finds
   its plugins.
 
-A checkpoint names its model class as ``module:QualName``, so it is rebuilt wherever that module
-loads again; where it does not, one line says which module to make importable.
+A checkpoint names its model class as ``module:QualName``; it is rebuilt wherever that module is
+loaded again the same way (``RTK_MODELS`` or the entry point), and where it is not, one line says
+which module to load.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-from toolkit.errors import RtkError, UnknownArchitectureError
+from toolkit.errors import RtkError
 from toolkit.models.base import Classifier
-from toolkit.models.registry import MODEL_CLASSES, USER, Architecture, register
+from toolkit.models.registry import MODEL_CLASSES, USER, Architecture, canonical_name, register
 
 ENV = "RTK_MODELS"
 ENTRY_POINTS = "rtk.models"
@@ -33,6 +37,8 @@ ENTRY_POINTS = "rtk.models"
 C = TypeVar("C", bound=type[Classifier])
 
 _loaded = False
+_failed: UserModelError | None = None  # the load's error, raised again by every later lookup
+_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
 
 
 class UserModelError(RtkError):
@@ -50,11 +56,12 @@ def register_model(name: str, *, description: str = "", **kwargs: Any) -> Callab
                 "toolkit.models.Classifier (build the trunk, then call self._finish(...))"
             )
         key = f"{cls.__module__}:{cls.__qualname__}"
+        canonical = canonical_name(name)
+        _check_contract(key, cls, canonical, kwargs)
         MODEL_CLASSES[key] = cls
-        canonical = name.strip().lower().replace("_", "-")
-        summary = description or (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+        summary = description or next(iter((cls.__doc__ or "").split("\n")), "").strip()
         try:
-            register(Architecture(canonical, USER, summary, key, dict(kwargs)))
+            register(Architecture(canonical, USER, summary or cls.__name__, key, dict(kwargs)))
         except ValueError as exc:  # a name rtk (or another module) already has
             raise UserModelError(f"{key}: {exc}; register it under another name") from exc
         return cls
@@ -62,13 +69,41 @@ def register_model(name: str, *, description: str = "", **kwargs: Any) -> Callab
     return decorate
 
 
+def _check_contract(key: str, cls: type, name: str, kwargs: dict[str, Any]) -> None:
+    """What rtk relies on, refused at registration rather than hours into a run: the class
+    takes ``num_classes`` and ``dropout`` (the dataset's classes, the recipe's dropout), and
+    its arguments are plain JSON values (a checkpoint stores them, and loads only such)."""
+    if not _NAME.fullmatch(name):
+        raise UserModelError(
+            f"{key}: the name {name!r} must be lower-case letters, digits, '.' and '-'"
+        )
+    missing = [p for p in ("num_classes", "dropout") if p not in inspect.signature(cls).parameters]
+    if missing:
+        raise UserModelError(
+            f"{key} takes no {' or '.join(missing)}: rtk builds every model with the dataset's "
+            "classes and the recipe's dropout (pass them on to self._finish)"
+        )
+    try:
+        plain = json.loads(json.dumps(kwargs)) == kwargs
+    except (TypeError, ValueError):
+        plain = False
+    if not plain:
+        raise UserModelError(
+            f"{key}: @register_model arguments must be numbers, text, lists or dicts of them "
+            f"(a checkpoint stores them), got {kwargs!r}"
+        )
+
+
 def load_user_models() -> None:
     """Import every module named by ``RTK_MODELS`` and the ``rtk.models`` entry points, once;
-    a module that fails to import is one line naming it and why."""
-    global _loaded
+    a module that fails to import is one line naming it and why, and every later lookup in
+    the same process raises it again (never a quiet registry without the user's models)."""
+    global _loaded, _failed
+    if _failed is not None:
+        raise _failed
     if _loaded:
         return
-    _loaded = True  # a failing module is reported once, not again by every lookup after it
+    _loaded = True  # before importing: a module that looks an architecture up loads no loop
     sources: list[tuple[str, Callable[[], object]]] = [
         (f"{ep.name} ({ep.value}, entry point {ENTRY_POINTS})", ep.load)
         for ep in entry_points(group=ENTRY_POINTS)
@@ -78,12 +113,14 @@ def load_user_models() -> None:
     for label, load in sources:
         try:
             load()
-        except UserModelError:
+        except UserModelError as exc:
+            _failed = exc
             raise
         except Exception as exc:  # SyntaxError, ImportError, anything its import raises
-            raise UserModelError(
+            _failed = UserModelError(
                 f"cannot load the models of {label}: {type(exc).__name__}: {exc}"
-            ) from exc
+            )
+            raise _failed from exc
 
 
 def _import(item: str) -> object:
@@ -94,32 +131,20 @@ def _import(item: str) -> object:
     if not path.is_file():
         raise FileNotFoundError(f"no such file {path}")
     name = path.stem
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
-        return sys.modules[name]
+    if name in sys.modules:
+        if getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
+            return sys.modules[name]
+        raise UserModelError(
+            f"{path}: a module named {name!r} is already loaded (from "
+            f"{getattr(sys.modules[name], '__file__', None) or 'Python itself'}); rename your file"
+        )
     spec = importlib.util.spec_from_file_location(name, path.resolve())
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before running it: the classes it defines name this module
-    spec.loader.exec_module(module)
-    return module
-
-
-def import_model_class(key: str) -> type[Classifier]:
-    """The class a checkpoint names as ``module:QualName``, loading the user's modules first."""
-    load_user_models()
-    if key in MODEL_CLASSES:
-        return MODEL_CLASSES[key]
-    module_name, _, qualname = key.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError) as exc:
-        raise UnknownArchitectureError(
-            f"the model class {key} comes from module {module_name!r}, which does not load "
-            f"here ({type(exc).__name__}: {exc}); name its file or module in {ENV} (or put "
-            "it on PYTHONPATH)"
-        ) from exc
-    if not (isinstance(found, type) and issubclass(found, Classifier)):
-        raise UnknownArchitectureError(f"{key} is no rtk model class (toolkit.models.Classifier)")
-    return found
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module

@@ -73,11 +73,7 @@ class Architecture:
 
 def build_model(model_class: str, kwargs: dict[str, Any]) -> Classifier:
     """Rebuild a model from the class name and arguments stored in a checkpoint (a user's
-    class by ``module:QualName``, its module loaded as ``load_user_models`` loads them)."""
-    if model_class not in MODEL_CLASSES and ":" in model_class:
-        from toolkit.models.plugins import import_model_class
-
-        MODEL_CLASSES[model_class] = import_model_class(model_class)
+    class as ``module:QualName``, registered once its module is loaded)."""
     if model_class not in MODEL_CLASSES:
         raise UnknownArchitectureError(
             f"unknown model class {model_class!r}; known: {', '.join(MODEL_CLASSES)}"
@@ -134,9 +130,15 @@ def architecture_names(group: str | None = None) -> list[str]:
     return [a.name for a in architectures(group)]
 
 
+def canonical_name(name: str) -> str:
+    """An architecture's name as the registry keeps it: ``ResNet18_noskip`` is
+    ``resnet18-noskip``."""
+    return name.strip().lower().replace("_", "-")
+
+
 def get_architecture(name: str) -> Architecture:
     """Look an architecture up by name; ``resnet18_noskip`` and ``resnet18-noskip`` are one."""
-    key = name.strip().lower().replace("_", "-")
+    key = canonical_name(name)
     from toolkit.models.plugins import load_user_models
 
     load_user_models()

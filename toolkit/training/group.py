@@ -32,7 +32,7 @@ from toolkit.fileio import (
     remove_leftover_temps,
 )
 from toolkit.training.engine import Observer, Trainer, TrainingInterrupted
-from toolkit.training.rundir import RunDir, RunDirError, resume_config
+from toolkit.training.rundir import RunDir, resume_config
 
 KIND = "rtk seed group"  # tells a manifest from any other group.json
 MANIFEST_FORMAT = 1  # the layout of group.json this rtk writes and reads
@@ -182,11 +182,7 @@ def open_run(
     """How ``run`` gets ``config`` trained, and the trainer that does it: a finished run is
     reused as it is (no trainer), a started one resumed with its own stored settings, any other
     (absent, or killed before its first checkpoint) started afresh with ``config``."""
-    if run.is_symlink():  # training through it would write outside the output folder
-        raise RunDirError(
-            f"{run} is a symbolic link; rtk writes a run only inside its own output folder: "
-            "remove the link"
-        )
+    RunDir.refuse_link(run)
     rundir = RunDir(run)
     if rundir.finished:
         return "reuse", None

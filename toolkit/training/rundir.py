@@ -171,6 +171,16 @@ class RunDir:
                 f"continue it with --resume {path}"
             )
 
+    @staticmethod
+    def refuse_link(path: Path) -> None:
+        """A run folder that is a symbolic link (dangling or not) is never trained into:
+        writing through it would put the run outside its output folder."""
+        if path.is_symlink():
+            raise RunDirError(
+                f"{path} is a symbolic link; rtk writes a run only inside its own output "
+                "folder: remove the link"
+            )
+
     @classmethod
     def unstarted(cls, path: Path) -> bool:
         """Nothing trained yet: only what a run writes before its first checkpoint, a lock or
