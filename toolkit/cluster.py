@@ -283,6 +283,50 @@ def job_settings(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict()))
 
 
+def train_on_ray(
+    jobs: list[tuple[Any, Path]],
+    data: Path,
+    settings: RaySettings,
+    *,
+    say: Callable[[str], None],
+    done: Callable[[Path, Any], None],
+    rerun: str,
+    tensorboard: bool = False,
+) -> None:
+    """Train ``jobs`` (settings, run folder) as Ray tasks on a session already open, after
+    checking that every node sees their folders and the data; Ctrl-C cancels them and names
+    ``rerun``, the command that continues."""
+    with interrupted_names(rerun):
+        for folder in sorted({run.parent for _, run in jobs}):
+            check_shared(folder, data)
+        say(
+            f"{len(jobs)} run(s) as Ray tasks, {settings.cpus_per_run or 0:g} CPU and "
+            f"{settings.gpus_per_run:g} GPU each"
+        )
+        train_runs(
+            [(job_settings(config), run) for config, run in jobs],
+            data,
+            settings,
+            tensorboard=tensorboard,
+            done=done,
+        )
+
+
+@contextmanager
+def interrupted_names(rerun: str) -> Iterator[None]:
+    """Ctrl-C anywhere in Ray's part of a command (starting the session, the storage check,
+    the tasks) says that each run keeps its finished epochs and which command continues."""
+    from toolkit.training import TrainingInterrupted
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted; the Ray tasks were cancelled and each run keeps its finished "
+            f"epochs: rerun `{rerun}` to continue"
+        ) from None
+
+
 def ray_executor(
     settings: RaySettings, data: Path, *, say: Callable[[str], None], rerun: str
 ) -> Callable[[list[tuple[Any, Path]]], None]:
@@ -292,30 +336,16 @@ def ray_executor(
     command that continues after Ctrl-C."""
 
     def execute(jobs: list[tuple[Any, Path]]) -> None:
-        from toolkit.training import TrainingInterrupted
-
-        folders = {run.parent for _, run in jobs}
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        with ray_session(settings) as resolved:
-            for folder in folders:
-                check_shared(folder, data)
-            say(
-                f"{len(jobs)} run(s) as Ray tasks, {resolved.cpus_per_run or 0:g} CPU and "
-                f"{resolved.gpus_per_run:g} GPU each"
+        for _, run in jobs:
+            run.parent.mkdir(parents=True, exist_ok=True)
+        with interrupted_names(rerun), ray_session(settings) as resolved:
+            train_on_ray(
+                jobs,
+                data,
+                resolved,
+                say=say,
+                done=lambda run, _: say(f"{run}: trained as a Ray task"),
+                rerun=rerun,
             )
-            try:
-                train_runs(
-                    [(job_settings(config), run) for config, run in jobs],
-                    data,
-                    resolved,
-                    tensorboard=False,
-                    done=lambda run, _: say(f"{run}: trained as a Ray task"),
-                )
-            except KeyboardInterrupt:
-                raise TrainingInterrupted(
-                    f"interrupted; the Ray tasks were cancelled and each run keeps its finished "
-                    f"epochs: rerun `{rerun}` to continue"
-                ) from None
 
     return execute

@@ -472,41 +472,31 @@ def _train_group_on_ray(
 ) -> None:
     """The group's unfinished seeds as Ray tasks, all at once; each is reported as it ends,
     a finished seed reused as the local loop reuses it."""
-    from toolkit.cluster import check_shared, job_settings, train_runs
-    from toolkit.training import RunDir, TrainingInterrupted
+    from toolkit.cluster import train_on_ray
+    from toolkit.training import RunDir
 
     out = err_console if as_json else console
     jobs = []
     for seed in group.seeds:
         run_path = group.run_path(seed)
         if not RunDir(run_path).finished:
-            jobs.append((job_settings(group.config(seed)), run_path))
+            jobs.append((group.config(seed), run_path))
         elif not quiet:
             reused = f" seed {seed}: finished earlier, reused ({run_path})"
             out.print(styled((group.arch, "bold"), reused))
     if not jobs:
         return
-    check_shared(group.path, dataset.source.path)
-    if not quiet:
-        out.print(
-            styled(
-                (group.arch, "bold"),
-                f" {len(jobs)} seed(s) as Ray tasks, {ray.cpus_per_run or 0:g} CPU and "
-                f"{ray.gpus_per_run:g} GPU each -> {group.path}",
-            )
-        )
+
+    def say(message: str) -> None:
+        if not quiet:
+            out.print(styled((group.arch, "bold"), f" {message} -> {group.path}"))
 
     def done(run: Path, result: TrainResult | None) -> None:
         if result is not None and not as_json:
             _print_result(result)
 
-    try:
-        train_runs(jobs, dataset.source.path, ray, tensorboard=tensorboard, done=done)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(
-            f"interrupted; the Ray tasks were cancelled and each run keeps its finished "
-            f"epochs: rerun `{rerun}` to continue"
-        ) from None
+    train_on_ray(jobs, dataset.source.path, ray, say=say, done=done, rerun=rerun,
+                 tensorboard=tensorboard)  # fmt: skip
 
 
 def _observers(run_path: Path, *, tensorboard: bool, quiet: bool, out: Console) -> Observers:
