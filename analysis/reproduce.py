@@ -325,7 +325,8 @@ def _reproduce(
                 # the report then benches its fp32 file alone and says why (an fp32 failure
                 # raises again below).
                 export_onnx(run, dataset=dataset, parity_images=budget.parity_images)
-                bench_notes.append(f"{arch}: no int8 copy, {exc}")
+                # Its finding, without export's advice (flags rtk reproduce does not take).
+                bench_notes.append(f"{arch}: no int8 copy, {str(exc).split(';')[0]}")
             made = [f for f in files if f.is_file()]
             say(f"{arch}: exported and validated {', '.join(map(str, made))}")
 

@@ -37,8 +37,11 @@ def _group(data: str | None, out: Path, epochs: int, subset: int, ray: bool) -> 
         command += ["--executor", "ray"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local instance
     start = time.perf_counter()
-    subprocess.run(command, check=True, env=env, capture_output=True)
-    return time.perf_counter() - start
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:  # rtk's own one-line reason, not a bare exit status
+        sys.exit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()}")
+    return seconds
 
 
 def _numbers(group: Path) -> list[Any]:

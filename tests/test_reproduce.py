@@ -85,6 +85,7 @@ def test_reproduce_writes_every_section_and_resumes(imagefolder: Path, tmp_path:
         assert (f"| {arch} | openvino | bf16 | 1 |" in inference) == bf16
         assert f"| {arch} | torch-eager | fp32 | 1 |" in inference
     assert "OpenVINO: " in inference and "| vs ORT fp32 | vs eager |" in inference
+    assert "--calib-images" not in inference  # export's advice: no flag of rtk reproduce
     assert (tmp_path / "figures" / "latency-accuracy.png") in result.figures
     # The control is a Table I row without paper figures.
     assert "| mini-resnet-noskip | mini-resnet-noskip | paper |" in text
