@@ -218,8 +218,12 @@ def train_all(
     say: Callable[[str], None],
 ) -> dict[str, str]:
     """Every planned run (architecture -> settings, folder) trained, resumed or reused, each
-    said; with an ``executor``, the unfinished ones are trained by it first. Returns the runs
-    found trained under other settings than planned (architecture -> how)."""
+    said; with an ``executor``, the unfinished ones are trained by it first. Every run's place
+    is checked once, before any trains: a foreign run found at the last network is refused
+    before hours go into the first. Returns the runs found trained under other settings than
+    planned (architecture -> how)."""
+    for config, run in planned.values():
+        _check_place(run, config.arch)
     sent = _train_elsewhere(list(planned.values()), executor)
     apart = {}
     for arch, (config, run) in planned.items():
@@ -233,13 +237,11 @@ def train_all(
 def _train_elsewhere(
     planned: list[tuple[TrainConfig, Path]], executor: Executor | None
 ) -> set[Path]:
-    """Hand every planned run that has not finished to ``executor`` at once, after the checks
-    ``train_run`` makes (so no foreign run is sent); the caller then reuses them. Returns the
-    runs sent (none without an executor)."""
+    """Hand every planned run that has not finished to ``executor`` at once (their places
+    checked by the caller); the caller then reuses them. Returns the runs sent (none without
+    an executor)."""
     if executor is None:
         return set()
-    for config, run in planned:
-        _check_place(run, config.arch)
     pending = [(config, run) for config, run in planned if not RunDir(run).finished]
     if pending:
         executor(pending)
@@ -251,9 +253,7 @@ def train_run(
 ) -> str:
     """Train ``config`` into ``run`` unless it is there: a finished run is reused, a started
     one resumed with its own settings. ``rerun`` is the command that continues after Ctrl-C.
-    A run of another architecture (or anything but a run) in ``run``'s place is refused, never
-    tabled as this one."""
-    _check_place(run, config.arch)
+    (``train_all`` has checked that nothing else is in ``run``'s place.)"""
     action, trainer = open_run(config, run, dataset, observer=observer)
     if trainer is not None:
         with rerun_on_interrupt(run, rerun):
