@@ -56,7 +56,7 @@ from exporters.runtime import (
 from toolkit.data import Dataset
 from toolkit.errors import OutputError, RtkError, UnknownArchitectureError
 from toolkit.fileio import TEMP_SUFFIX, atomic_path, parse_json
-from toolkit.models import Architecture, create_model, get_architecture
+from toolkit.models import Architecture, get_architecture
 
 # An architecture name is benched from a fresh export of untrained weights, whose parity
 # check runs on seeded noise: a few dozen inputs prove the graph computes what PyTorch does.
@@ -158,16 +158,23 @@ def _from_onnx(path: Path, fill: tuple[int, ...] | None, name: str | None = None
     graph = metadata.load_graph(path)
     props = metadata.props(graph)
     arch = props.get(metadata.ARCH)
-    # Latency does not depend on weights: eager runs a fresh model of the same architecture.
-    model = create_model(arch) if arch else None
+    shape = _shape_from_model(graph, path, fill)
+    # Latency does not depend on weights: eager runs a fresh model of the same architecture,
+    # with the file's class count.
+    model = None
+    if arch:
+        classes = parse_json(props[metadata.CLASSES]) if metadata.CLASSES in props else None
+        spec = get_architecture(arch)
+        count = len(classes) if isinstance(classes, list) else spec.num_classes
+        model = spec.build(**spec.kwargs_for(num_classes=count))
     return BenchTarget(
         name=name or arch or path.stem,
         onnx_path=path,
         precision=props.get(metadata.PRECISION, "fp32"),
         arch=arch,
         torch_model=model,
-        input_shape=_shape_from_model(graph, path, fill),
-        macs=count_macs(model) if model is not None else None,
+        input_shape=shape,
+        macs=count_macs(model, (1, *shape)) if model is not None else None,
     )
 
 
@@ -178,7 +185,7 @@ def _fresh_export(arch: Architecture, workdir: Path) -> Path:
 
     run = workdir / arch.name
     run.mkdir(parents=True, exist_ok=True)
-    classes = [f"class {i}" for i in range(arch.build().fc.out_features)]
+    classes = [f"class {i}" for i in range(arch.num_classes)]
     RunDir(run).save_best(initial_checkpoint(arch.name, classes))
     (result,) = export_onnx(run, dataset=None, parity_images=FRESH_PARITY_IMAGES)
     return result.onnx_path

@@ -114,5 +114,11 @@ def profile_source(
     the same seeded training batches for every model, without augmentation."""
     source = load_model(spec, dataset, at=at, analysis="gradient", seed=seed)
     # Training images (never test images), in the same seeded order for every model.
-    loader = TensorLoader(dataset.train, batch_size=batch_size, shuffle=True, seed=seed)
+    loader = TensorLoader(
+        dataset.train,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        normalization=source.normalization,
+    )
     return gradient_profile(source.model, loader, batches=batches, label=source.label, at=at)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from analysis.sources import SourceError, load_model, sample_test
 from analysis.verdicts import Verdict
-from toolkit.data import Dataset, TensorLoader
+from toolkit.data import PAPER_NORMALIZATION, Dataset, Normalization, TensorLoader
 from toolkit.data.dataset import Split
 from toolkit.models import Classifier, by_stage, lesioned, residual_blocks, stage_of
 from toolkit.training import evaluate
@@ -86,6 +86,7 @@ def lesion_study(
     chance: float,
     draws: int,
     seed: int,
+    normalization: Normalization = PAPER_NORMALIZATION,
     batch_size: int = 500,
 ) -> LesionStudy:
     """Remove each block alone, then ``draws`` random sets of k blocks for every k, and
@@ -93,7 +94,7 @@ def lesion_study(
     blocks = residual_blocks(model)
     if not blocks:
         raise SourceError(f"{label} has no residual blocks to remove (a lesion needs a ResNet)")
-    loader = TensorLoader(split, batch_size=batch_size)
+    loader = TensorLoader(split, batch_size=batch_size, normalization=normalization)
     measured: dict[frozenset[str], float] = {}
 
     def accuracy(removed: frozenset[str]) -> float:
@@ -174,8 +175,9 @@ def lesion_sources(
     for spec in specs:
         source = load_model(spec, dataset, at="best", analysis="lesion")
         study = lesion_study(
-            source.model, split, label=source.label, chance=chance, draws=draws, seed=seed
-        )
+            source.model, split, label=source.label, chance=chance, draws=draws, seed=seed,
+            normalization=source.normalization,
+        )  # fmt: skip
         studies.append(study)
     return LesionReport(studies=studies, seed=seed, draws=draws, verdict=ensemble_claim(studies))
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from analysis.sources import SourceError, check_classes, read_checkpoint
+from analysis.sources import SourceError, read_checkpoint
 from exporters import metadata
 from exporters.errors import MetadataError
-from toolkit.data import Dataset, normalize
-from toolkit.fileio import parse_json
+from toolkit.data import Dataset, Normalization, check_fits, normalize
+from toolkit.data.dataset import imbalance
 from toolkit.models import batched_logits
 
 
@@ -42,6 +42,7 @@ class ClassReport:
     rows: list[ClassRow]  # one per class, then "macro avg" and "weighted avg"
     accuracy: float
     images: int
+    imbalance: float  # the largest class's test images over the smallest's
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Confusion:
     matrix: list[list[float]]  # rows: true class, columns: predicted class
     normalized: bool
     accuracy: float
+    imbalance: float  # the largest class's test images over the smallest's
 
 
 def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Predictions:
@@ -59,6 +61,7 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
     (PyTorch, fp32) or an ``.onnx`` model (ONNX Runtime on the CPU)."""
     images = dataset.test.images
     if source.suffix == ".onnx":
+        from exporters.predict import read_meta
         from exporters.runtime import create_session
         from exporters.validate import run_onnx
 
@@ -70,9 +73,12 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
             raise MetadataError(
                 f"{source} carries no class names ({metadata.CLASSES}); export it with `rtk export`"
             )
-        classes = parse_json(props[metadata.CLASSES])
-        check_classes(classes, dataset, source)
-        logits = run_onnx(session, normalize(images), batch_size)
+        # The model's own input size and normalisation, read as rtk predict reads them.
+        meta = read_meta(props, session.get_inputs()[0].shape)
+        classes = meta.classes
+        check_fits(classes, meta.input_size, dataset, source)
+        normalization = Normalization(tuple(meta.mean), tuple(meta.std), "the model's metadata")
+        logits = run_onnx(session, normalize(images, normalization), batch_size)
         predicted = logits.argmax(1)
         engine = "onnxruntime"
     else:
@@ -80,7 +86,7 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
 
         payload = read_checkpoint(source)
         classes = list(payload["classes"])
-        check_classes(classes, dataset, source)
+        check_fits(classes, payload["input_size"], dataset, source)
         # A finished run kept the predictions of its own test pass: the same weights, the
         # same images, the same PyTorch forward; no need to run 10,000 images again.
         stored = (
@@ -94,7 +100,8 @@ def predict_test(source: Path, dataset: Dataset, *, batch_size: int = 500) -> Pr
             predicted = np.asarray(stored)
         else:
             model = model_from_checkpoint(payload)
-            inputs = (normalize(batch) for batch in images.split(batch_size))
+            norm = Normalization.from_record(payload["normalization"])
+            inputs = (normalize(batch, norm) for batch in images.split(batch_size))
             predicted = batched_logits(model, inputs).argmax(1).numpy()
         engine = "pytorch"
     return Predictions(
@@ -129,8 +136,18 @@ def class_report(predictions: Predictions) -> ClassReport:
     ]
     accuracy = float((predictions.labels == predictions.predicted).mean())
     return ClassReport(
-        predictions.source, predictions.engine, rows, accuracy, len(predictions.labels)
+        predictions.source,
+        predictions.engine,
+        rows,
+        accuracy,
+        len(predictions.labels),
+        imbalance=_imbalance(predictions),
     )
+
+
+def _imbalance(predictions: Predictions) -> float:
+    counts = np.bincount(predictions.labels, minlength=len(predictions.classes))
+    return imbalance(counts.tolist())
 
 
 def confusion(predictions: Predictions, *, normalize_rows: bool = False) -> Confusion:
@@ -147,4 +164,5 @@ def confusion(predictions: Predictions, *, normalize_rows: bool = False) -> Conf
         matrix=matrix.tolist(),
         normalized=normalize_rows,
         accuracy=float((predictions.labels == predictions.predicted).mean()),
+        imbalance=_imbalance(predictions),
     )

@@ -42,8 +42,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
     return counter.get_total_flops() // 2 // input_shape[0]
 
 
-def summarize(arch: Architecture) -> ModelSummary:
-    model = arch.build()
+def summarize(
+    arch: Architecture, *, num_classes: int | None = None, image_size: int | None = None
+) -> ModelSummary:
+    """The network's size and cost as the registry builds it (CIFAR-10: 10 classes, 32x32),
+    or for a dataset of ``num_classes`` classes and ``image_size`` square images."""
+    model = arch.build(**arch.kwargs_for(num_classes=num_classes or arch.num_classes))
+    side = image_size or 32
     layers = model.weight_layers()
     figures = arch.published
     return ModelSummary(
@@ -51,7 +56,7 @@ def summarize(arch: Architecture) -> ModelSummary:
         group=arch.group,
         params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        macs=count_macs(model),
+        macs=count_macs(model, (1, 3, side, side)),
         depth=layers[-1].depth,
         weight_layers=len(layers),
         description=arch.description,
@@ -68,5 +73,9 @@ def stage_params(model: nn.Module) -> dict[str, int]:
     return {stage: sum(p.numel() for _, p in members) for stage, members in stages.items()}
 
 
-def summarize_all() -> list[ModelSummary]:
-    return [summarize(arch) for arch in architectures()]
+def summarize_all(
+    *, num_classes: int | None = None, image_size: int | None = None
+) -> list[ModelSummary]:
+    return [
+        summarize(arch, num_classes=num_classes, image_size=image_size) for arch in architectures()
+    ]

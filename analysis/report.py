@@ -10,6 +10,7 @@ from typing import Any
 
 from analysis.seeds import Estimate, percent, summarize_group
 from analysis.sources import SourceError
+from toolkit.data.sources import CIFAR10_CLASSES
 from toolkit.models import (
     CONTROL,
     PAPER,
@@ -90,6 +91,14 @@ def _group_reading(group: Path) -> tuple[dict[str, Any], dict[str, Any], Estimat
     return metrics, RunDir.open(runs[0].run).read_config(), summary.accuracy
 
 
+def _on_cifar10(data: dict[str, Any]) -> bool:
+    """Whether a run's recorded data is CIFAR-10 as the paper trains on it (a run from before
+    rtk took other datasets recorded no input size: CIFAR-10's)."""
+    return tuple(data.get("classes") or CIFAR10_CLASSES) == CIFAR10_CLASSES and data.get(
+        "input_size", [3, 32, 32]
+    ) == [3, 32, 32]
+
+
 def compare_runs(
     runs: list[Path], *, skip_others: bool = False, allow_none: bool = False
 ) -> list[CompareRow]:
@@ -107,7 +116,12 @@ def compare_runs(
         if skip_others and get_architecture(metrics["arch"]).group not in TABLE_ONE_GROUPS:
             continue
         arch, paper = table_one_architecture(metrics["arch"])
-        params = sum(p.numel() for p in arch.build().parameters())
+        data = config["data"]
+        classes = data.get("classes") or list(CIFAR10_CLASSES)
+        if not _on_cifar10(data):  # the paper's figures are CIFAR-10's: nothing to set beside
+            paper = None
+        model = arch.build(**arch.kwargs_for(num_classes=len(classes)))
+        params = sum(p.numel() for p in model.parameters())
         # register() gives every paper model all three figures; a control has none.
         paper_acc = paper.test_acc if paper else None
         paper_min = paper.train_min if paper else None

@@ -21,7 +21,7 @@ from torch import nn
 
 from analysis.sources import At, load_model, sample_test
 from analysis.verdicts import Verdict
-from toolkit.data import Dataset, TensorLoader
+from toolkit.data import PAPER_NORMALIZATION, Dataset, Normalization, TensorLoader
 from toolkit.data.dataset import Split
 from toolkit.models import Classifier, batched_logits, by_stage, residual_blocks, stage_of
 
@@ -64,7 +64,13 @@ def _record_norms(into: list[torch.Tensor], output: torch.Tensor) -> None:
 
 
 def residual_profile(
-    model: Classifier, split: Split, *, label: str, at: str, batch_size: int = 500
+    model: Classifier,
+    split: Split,
+    *,
+    label: str,
+    at: str,
+    normalization: Normalization = PAPER_NORMALIZATION,
+    batch_size: int = 500,
 ) -> ResidualProfile:
     """Both norms of every block over ``split``, in eval mode, from one forward pass: hooks on
     each branch's last layer (F(x)) and on each block (its input, through its shortcut)."""
@@ -91,7 +97,8 @@ def residual_profile(
         handles.append(block.last_norm().register_forward_hook(partial(on_branch, branch[name])))
         handles.append(block.register_forward_hook(partial(on_block, shortcut[name])))
     try:
-        batches = (x for x, _ in TensorLoader(split, batch_size=batch_size))
+        loader = TensorLoader(split, batch_size=batch_size, normalization=normalization)
+        batches = (x for x, _ in loader)
         batched_logits(model, batches)
     finally:
         for handle in handles:
@@ -154,5 +161,8 @@ def residual_sources(
     for spec in specs:
         for at in ats:
             source = load_model(spec, dataset, at=at, analysis="residual", seed=seed)
-            profiles.append(residual_profile(source.model, split, label=source.label, at=at))
+            profile = residual_profile(
+                source.model, split, label=source.label, at=at, normalization=source.normalization
+            )
+            profiles.append(profile)
     return profiles

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from analysis.latency import BenchTarget
-from analysis.sources import check_classes
 from exporters import metadata
 from exporters.convert import file_sha256
 from exporters.errors import ExportError
@@ -31,7 +30,7 @@ from exporters.validate import (
     parity_inputs,
     run_onnx,
 )
-from toolkit.data import Dataset
+from toolkit.data import Dataset, check_fits
 from toolkit.models import batched_logits
 from toolkit.training import RunDir, load_checkpoint, model_from_checkpoint
 
@@ -82,8 +81,8 @@ def measure_accuracy(
         checkpoint = sources[target.onnx_path]
         if checkpoint not in references:  # PyTorch fp32 once per checkpoint
             payload = load_checkpoint(checkpoint)
-            check_classes(payload["classes"], dataset, checkpoint)
-            inputs = parity_inputs(dataset, count or len(dataset.test), payload["input_size"])
+            check_fits(payload["classes"], payload["input_size"], dataset, checkpoint)
+            inputs = parity_inputs(dataset, count or len(dataset.test), payload)
             model = model_from_checkpoint(payload)
             expected = batched_logits(model, inputs.images.split(BATCH)).numpy()
             references[checkpoint] = expected, inputs

@@ -8,7 +8,8 @@ and the test-split reports read their sources here, so each reads a source the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from toolkit.config import config_from_settings
-from toolkit.data import Dataset
+from toolkit.data import Dataset, Normalization, check_fits, load_dataset
 from toolkit.data.dataset import Split
 from toolkit.errors import RtkError, UnknownArchitectureError
 from toolkit.models import (
@@ -39,14 +40,38 @@ class SourceModel:
     label: str  # the run folder's name, the checkpoint's folder/file, or the architecture
     at: At
     model: Classifier
+    normalization: Normalization  # what its inputs are normalised with (its run's, recorded)
 
 
-def check_classes(model_classes: Sequence[str], dataset: Dataset, source: Path | str) -> None:
-    if list(model_classes) != list(dataset.classes):
-        raise SourceError(
-            f"{source} was trained on classes {list(model_classes)}, but the dataset has "
-            f"{list(dataset.classes)}; point --data at the data the model was trained for"
-        )
+def recorded_image_size(specs: Iterable[str | Path]) -> int | None:
+    """The side the first run, checkpoint or ONNX model among ``specs`` resized its dataset's
+    images to (``rtk train --image-size``), None when it took their stored size: so that an
+    analysis decodes the dataset as the model saw it without being told again."""
+    for spec in specs:
+        path = Path(spec)
+        if path.suffix == ".onnx" and path.is_file():
+            from exporters import metadata
+
+            props = metadata.props(metadata.load_graph(path))
+            try:
+                value = json.loads(props.get(metadata.IMAGE_SIZE, "null"))
+            except ValueError:
+                value = None  # an edited file: the size checks after loading will say
+        elif path.is_dir() and (path / RunDir.CONFIG).is_file():
+            value = RunDir(path).read_config()["settings"].get("image_size")
+        elif path.is_file():
+            value = (read_checkpoint(path).get("config") or {}).get("image_size")
+        else:
+            continue  # an architecture's name: no run
+        return value if type(value) is int else None
+    return None
+
+
+def load_data_for(
+    specs: Iterable[str | Path], data: Path | None, *, announce: Callable[[str], None]
+) -> Dataset:
+    """The dataset at ``data`` as ``specs``' first run decoded it."""
+    return load_dataset(data, image_size=recorded_image_size(specs), announce=announce)
 
 
 def read_checkpoint(source: Path) -> dict[str, Any]:
@@ -65,15 +90,16 @@ def load_model(spec: str, dataset: Dataset, *, at: At, analysis: str, seed: int 
             "weights: give its run folder or checkpoint (.pt)"
         )
     if not path.exists():
-        return _fresh(spec, at=at, seed=seed)
+        return _fresh(spec, dataset, at=at, seed=seed)
     payload = read_checkpoint(path)
-    check_classes(payload["classes"], dataset, spec)
+    check_fits(payload["classes"], payload["input_size"], dataset, spec)
+    normalization = Normalization.from_record(payload["normalization"])
     # A seed's run is named seed-N in every group: its group's name tells two apart.
     in_group = path.is_dir() and SeedGroup.is_group(path.resolve().parent)
     named_by_parent = in_group or not path.is_dir()
     label = f"{path.resolve().parent.name}/{path.name}" if named_by_parent else path.name
     if at == "best":
-        return SourceModel(label, at, model_from_checkpoint(payload))
+        return SourceModel(label, at, model_from_checkpoint(payload), normalization)
     config = payload.get("config")
     if not config:
         raise SourceError(
@@ -88,10 +114,10 @@ def load_model(spec: str, dataset: Dataset, *, at: At, analysis: str, seed: int 
         init=settings.init,
         zero_init_residual=settings.zero_init_residual,
     )
-    return SourceModel(label, at, model)
+    return SourceModel(label, at, model, normalization)
 
 
-def _fresh(spec: str, *, at: At, seed: int) -> SourceModel:
+def _fresh(spec: str, dataset: Dataset, *, at: At, seed: int) -> SourceModel:
     try:
         arch = get_architecture(spec)
     except UnknownArchitectureError:
@@ -108,8 +134,10 @@ def _fresh(spec: str, *, at: At, seed: int) -> SourceModel:
             f"{spec} is an architecture, which has no trained weights: name a run directory or "
             "a checkpoint (an architecture's fresh weights are --at init)"
         )
-    model = initial_model(arch.model_class, dict(arch.kwargs), seed=seed)
-    return SourceModel(arch.name, at, model)
+    # Built as a run on this dataset would build it: its classes, its normalisation.
+    kwargs = arch.kwargs_for(num_classes=len(dataset.classes))
+    model = initial_model(arch.model_class, kwargs, seed=seed)
+    return SourceModel(arch.name, at, model, dataset.normalization("auto", dataset.train))
 
 
 def sample_test(dataset: Dataset, *, images: int | None, seed: int) -> Split:

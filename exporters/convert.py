@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,7 @@ from exporters.opset import MIN_OPSET, opset_support
 from exporters.quantize import Int8Target, to_fp16, to_int8
 from exporters.validate import ParityReport, parity_inputs, validate_export
 from toolkit import __version__
-from toolkit.data import Dataset, Split
+from toolkit.data import Dataset, Normalization, Split, check_fits
 from toolkit.errors import RtkError
 from toolkit.fileio import atomic_paths, remove_leftover_temps
 from toolkit.training import RunDir, SeedGroup, load_checkpoint, model_from_checkpoint
@@ -88,6 +88,9 @@ def _metadata(payload: dict[str, Any], checkpoint: Path, precision: Precision) -
         metadata.CLASSES: json.dumps(payload["classes"]),
         metadata.NORMALIZATION: json.dumps(payload["normalization"]),
         metadata.INPUT_SIZE: json.dumps(payload["input_size"]),
+        # The side the run resized its dataset's images to (None: their stored size), so a
+        # reader decodes the dataset as the model saw it.
+        metadata.IMAGE_SIZE: json.dumps((payload.get("config") or {}).get("image_size")),
         metadata.PRECISION: precision,
         metadata.VAL_ACC: json.dumps(metrics.get("val_acc")),
         metadata.TEST_ACC: json.dumps(_test_acc(checkpoint)),
@@ -105,13 +108,14 @@ def _test_acc(checkpoint: Path) -> float | None:
         return None
 
 
-def to_onnx_proto(model: torch.nn.Module, opset: int) -> onnx.ModelProto:
-    """The eval-mode graph with a dynamic batch, named as ``exporters.metadata`` says."""
+def to_onnx_proto(model: torch.nn.Module, opset: int, input_size: Sequence[int]) -> onnx.ModelProto:
+    """The eval-mode graph for inputs of ``input_size`` ([C, H, W]) with a dynamic batch,
+    named as ``exporters.metadata`` says."""
     batch = torch.export.Dim("batch", min=1, max=65_536)
     try:
         program = torch.onnx.export(
             model,
-            (torch.zeros(2, 3, 32, 32),),
+            (torch.zeros(2, *input_size),),
             input_names=[metadata.INPUT_NAME],
             output_names=[metadata.OUTPUT_NAME],
             dynamic_shapes={"x": {0: batch}},
@@ -166,6 +170,8 @@ def export_onnx(
         )
     checkpoint = checkpoint_of(target)
     payload = load_checkpoint(checkpoint)
+    if dataset is not None:  # its test images are the parity check's: the model's kind only
+        check_fits(payload["classes"], payload["input_size"], dataset, checkpoint)
     support = opset_support()
     opset = support.default if opset is None else opset
     if not MIN_OPSET <= opset <= support.default:
@@ -177,18 +183,23 @@ def export_onnx(
     for path in paths.values():  # half-files of an export that was killed
         remove_leftover_temps(path)
     model = model_from_checkpoint(payload).eval()
-    proto = to_onnx_proto(model, opset)
+    proto = to_onnx_proto(model, opset, payload["input_size"])
     if simplify:
         proto = simplify_proto(proto)
     onnx.helper.set_model_props(proto, _metadata(payload, checkpoint, "fp32"))
-    inputs = parity_inputs(dataset, parity_images, payload["input_size"])
+    inputs = parity_inputs(dataset, parity_images, payload)
     copies: dict[Precision, Callable[[Path, Path], None]] = {}
     if fp16:
         copies["fp16"] = to_fp16
     if int8:
         assert dataset is not None  # refused above
         calibration = _calibration_images(dataset, calib_images)
-        copies["int8"] = partial(to_int8, calibration=calibration, target=int8_target)
+        copies["int8"] = partial(
+            to_int8,
+            calibration=calibration,
+            normalization=Normalization.from_record(payload["normalization"]),
+            target=int8_target,
+        )
     made: list[Precision] = ["fp32", *copies]
 
     reports: dict[Precision, ParityReport] = {}

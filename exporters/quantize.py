@@ -28,7 +28,7 @@ import onnx
 import torch
 
 from exporters import metadata
-from toolkit.data import Split, normalize
+from toolkit.data import Normalization, Split, normalize
 
 CALIB_BATCH = 32
 Int8Target = Literal["cpu", "tensorrt"]
@@ -50,7 +50,14 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(half, str(dst))
 
 
-def to_int8(src: Path, dst: Path, calibration: Split, *, target: Int8Target = "cpu") -> None:
+def to_int8(
+    src: Path,
+    dst: Path,
+    calibration: Split,
+    *,
+    normalization: Normalization,
+    target: Int8Target = "cpu",
+) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -61,7 +68,7 @@ def to_int8(src: Path, dst: Path, calibration: Split, *, target: Int8Target = "c
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            images = normalize(calibration.images)
+            images = normalize(calibration.images, normalization)
             self.batches = iter(torch.split(images, CALIB_BATCH))
 
         def get_next(self) -> dict[str, object] | None:

@@ -101,12 +101,30 @@ def _fewer_classes(ws: Workspace) -> None:
             shutil.rmtree(ws.data / split / name)
 
 
+def _one_class(ws: Workspace) -> None:
+    for split in ("train", "test"):
+        for name in CLASSES:
+            if name != "cat":  # the rows' {image} is one of its test images
+                shutil.rmtree(ws.data / split / name)
+
+
+def _resized_image(ws: Workspace) -> None:
+    """One training image of the real dataset stored at another size than the rest."""
+    path = sorted((ws.data / "train" / "dog").iterdir())[3]
+    with Image.open(path) as image:
+        image.resize((40, 40)).save(path, format="JPEG")
+
+
 def _fifo(name: str) -> Setup:
     return lambda ws: os.mkfifo(ws.root / name)
 
 
 def _write(name: str, make: Callable[[Workspace], bytes]) -> Setup:
     return lambda ws: (ws.root / name).write_bytes(make(ws))
+
+
+def _cifar_python(ws: Workspace) -> None:
+    write_cifar_python(ws.root / "cifar-python", ws.tiny)
 
 
 def _truncated_tarball(ws: Workspace) -> bytes:
@@ -308,8 +326,9 @@ ROWS = [
     Row("momentum", train("--momentum", "1.5"), 2, "--momentum must be in [0, 1)"),
     Row("nesterov-momentum", train("--recipe", "fast", "--momentum", "0"), 2, "Nesterov momentum"),
     Row("seed", train("--seed", "-1"), 2, "--seed must be in [0, 2**64)"),
-    Row("translate-big", train("--translate", "40"), 2, "--translate must be in [0, 31] pixels"),
-    Row("translate-neg", train("--translate", "-1"), 2, "--translate must be in [0, 31] pixels"),
+    Row("translate-big", train("--translate", "40"), 2,
+        "--translate must be in [0, 31] pixels for 32x32 images"),
+    Row("translate-neg", train("--translate", "-1"), 2, "--translate must be 0 or more pixels"),
     Row("dropout", train("--dropout", "1"), 2, "--dropout must be in [0, 1)"),
     Row("label-smoothing", train("--label-smoothing", "1.5"), 2, "--label-smoothing must be in"),
     Row("warmup-frac", train("--warmup-frac", "-0.1"), 2, "--warmup-frac must be in [0, 1)"),
@@ -362,8 +381,22 @@ ROWS = [
     Row("name-nested", train("--name", "a/b"), 2, "must be a plain folder name"),
     Row("name-dot", train("--name", "."), 2, "must be a plain folder name"),
     # rtk train: data that does not fit the model; an output folder nobody can create
-    Row("class-count", train(), 2, "the dataset has 5 classes but baseline-cnn classifies 10",
-        _fewer_classes),
+    Row("one-class", train(), 2, "has one class folder (cat); a classifier needs at least two",
+        _one_class),
+    Row("mixed-sizes", train(), 2, "is 40x40 but the first training image is 32x32; the images "
+        "must share one size: pass --image-size N", _resized_image),
+    Row("image-size-small", train("--image-size", "4"), 2, "--image-size must be in [8, 1024]"),
+    Row("image-size-network", train("--image-size", "8"), 2,
+        "baseline-cnn cannot take this dataset's 8x8 images"),
+    Row("image-size-cifar", ["data", "info", "--data", "{ws}/cifar-python", "--image-size",
+        "48"], 2, "is CIFAR-10's official release, whose images are 32x32", _cifar_python),
+    Row("normalize-unknown", train("--normalize", "imagenet"), 2,
+        "--normalize must be one of 'auto', 'paper', 'data'"),
+    Row("reproduce-other-data", ["reproduce", "--budget", "quick", "--data", "{data}", "--out",
+        "{ws}/report"], 2, "is not CIFAR-10 (5 classes, 32x32 images)", _fewer_classes),
+    Row("checkpoint-classes", report("confusion"), 2, "was trained on classes", _fewer_classes),
+    Row("checkpoint-size", export(), 2, "bad.pt takes 48x48 images, but the dataset's are 32x32",
+        _checkpoint(lambda p: p.update(input_size=[3, 48, 48]))),
     Row("train-out-unwritable", train("--out", "{ws}/file/runs"), 2, "cannot create run directory"),
     # the dataset
     Row("data-missing", ["data", "info", "--data", "{ws}/missing"], 2, "does not exist"),

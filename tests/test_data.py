@@ -150,18 +150,31 @@ def test_train_and_test_classes_differ(imagefolder: Path):
         load_dataset(imagefolder)
 
 
-def test_image_of_the_wrong_size_is_named(imagefolder: Path):
-    bad = _first_image(imagefolder)
-    Image.new("RGB", (64, 48), "red").save(bad, format="JPEG")
-    with pytest.raises(DataError, match=rf"{bad}.*64x48 RGB.*must be 32x32 RGB"):
-        load_dataset(imagefolder)
-
-
-def test_grayscale_image_is_named(imagefolder: Path):
+def test_image_of_another_size_is_named_unless_every_image_is_resized(imagefolder: Path):
     bad = _first_image(imagefolder, "test")
-    Image.new("L", (32, 32), 128).save(bad, format="JPEG")
-    with pytest.raises(DataError, match=rf"{bad}.*grayscale"):
+    Image.new("RGB", (64, 48), "red").save(bad, format="PNG")
+    with pytest.raises(DataError, match=rf"{bad} is 64x48 but the first training image is 32x32"):
         load_dataset(imagefolder)
+    resized = load_dataset(imagefolder, image_size=24)
+    assert resized.input_size == [3, 24, 24] and resized.image_size == 24
+    assert tuple(resized.train.images.shape[1:]) == (3, 24, 24)
+    # The red image, shrunk with the rest: still red.
+    position = sorted(p.name for p in bad.parent.iterdir()).index(bad.name)
+    start = list(resized.classes).index(bad.parent.name) * 5  # 5 test images per class
+    red = resized.test.images[start + position]
+    assert red[0].min() == 255 and red[1:].max() == 0
+    # Each size is its own cache: the stored size's is not overwritten by a resized one.
+    assert load_dataset(imagefolder, image_size=24).from_cache
+
+
+def test_greyscale_images_become_rgb_and_are_recorded(imagefolder: Path):
+    bad = _first_image(imagefolder, "test")
+    Image.new("L", (32, 32), 128).save(bad, format="PNG")
+    dataset = load_dataset(imagefolder)
+    assert dataset.converted == ("L",)
+    assert not dataset.is_cifar10  # not CIFAR-10 as stored any more: its own normalisation
+    grey = dataset.test.images[(dataset.test.images == 128).flatten(1).all(1)]
+    assert len(grey) == 1  # every channel 128
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

@@ -20,6 +20,7 @@ FOLDERS = [
     RESULTS / "r18-proxy",
     RESULTS / "r18-proxy-2ep",
     RESULTS / "r18-full",
+    RESULTS / "cifar-unchanged",
 ]
 
 

@@ -61,7 +61,7 @@ def _train_one(
 
     torch.set_num_threads(threads)  # the task's CPUs, whatever OMP_NUM_THREADS the worker got
     config = config_from_settings(settings, where=run)
-    dataset = load_dataset(Path(data))
+    dataset = load_dataset(Path(data), image_size=config.image_size)
     board = Observers(TensorBoardObserver(Path(run))) if tensorboard else None
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:

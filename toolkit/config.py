@@ -30,6 +30,11 @@ Amp = bool | Literal["auto"]
 # default (Kaiming-uniform, a=sqrt(5): a sixth of the squared weight norm of a conv as wide in
 # as out).
 Init = Literal["kaiming", "torch"]
+# How pixels are normalised: "paper" is (x - 0.5) / 0.5 on the [0, 1] scale for every channel;
+# "data" the per-channel mean and std of the training split; "auto" the paper's on CIFAR-10
+# (what the paper trains on) and the training split's on any other dataset.
+NormalizeMode = Literal["auto", "paper", "data"]
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 1024  # the sides --image-size resizes a dataset's images to
 
 
 class ConfigError(RtkError):
@@ -106,6 +111,8 @@ class TrainConfig:
     flip: bool = True
     brightness: float = 0.1  # max additive delta on the [0, 1] scale
     translate: int = 0  # max random shift in pixels
+    image_size: int | None = None  # resize every image to NxN at decode; None: stored size
+    normalize: NormalizeMode = "auto"
     seed: int = 0
     val_size: int = 5_000
     split_seed: int = 0
@@ -165,11 +172,14 @@ class TrainConfig:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.seed < 2**64:  # torch.manual_seed's range
             raise ConfigError(f"--seed must be in [0, 2**64), got {self.seed}")
-        from toolkit.data.sources import IMAGE_SIZE  # here: the CLI reads this module, no torch
-
-        if not 0 <= self.translate < IMAGE_SIZE:  # reflect padding needs less than the image
+        if self.translate < 0:  # its upper bound is the dataset's image side: check_dataset
+            raise ConfigError(f"--translate must be 0 or more pixels, got {self.translate}")
+        if self.image_size is not None and not (
+            MIN_IMAGE_SIDE <= self.image_size <= MAX_IMAGE_SIDE
+        ):
             raise ConfigError(
-                f"--translate must be in [0, {IMAGE_SIZE - 1}] pixels, got {self.translate}"
+                f"--image-size must be in [{MIN_IMAGE_SIDE}, {MAX_IMAGE_SIDE}] pixels, "
+                f"got {self.image_size}"
             )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
@@ -256,15 +266,26 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def check_dataset(config: TrainConfig, *, classes: int, train_images: int) -> None:
-    """Fail before any run folder exists when the data cannot train ``config``'s model."""
-    from toolkit.models import get_architecture
+def check_dataset(
+    config: TrainConfig, *, classes: int, train_images: int, input_size: list[int]
+) -> None:
+    """Fail before any run folder exists when the data cannot train ``config``'s model: too
+    few images, a shift as large as the images, or images the network cannot take (its
+    downsampling needs a larger side: tried on shapes alone, so nothing is computed)."""
+    from toolkit.models import get_architecture, input_problem
 
-    arch = get_architecture(config.arch)
-    if classes != arch.num_classes:
+    _, height, width = input_size
+    if config.translate >= min(height, width):  # reflect padding needs less than the image
         raise ConfigError(
-            f"the dataset has {classes} classes but {arch.name} classifies {arch.num_classes}; "
-            f"give it a dataset with {arch.num_classes} class folders"
+            f"--translate must be in [0, {min(height, width) - 1}] pixels for "
+            f"{width}x{height} images, got {config.translate}"
+        )
+    arch = get_architecture(config.arch)
+    problem = input_problem(arch, num_classes=classes, input_size=input_size)
+    if problem is not None:
+        raise ConfigError(
+            f"{arch.name} cannot take this dataset's {width}x{height} images ({problem}); "
+            "pass a larger --image-size"
         )
     if config.val_size >= train_images:
         raise ConfigError(

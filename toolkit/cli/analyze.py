@@ -53,14 +53,14 @@ def gradients(
 ) -> None:
     """Per-layer weight-gradient L2 norms and RMS, in depth order, models side by side."""
     from analysis.gradients import profile_source
-    from toolkit.data import load_dataset
+    from analysis.sources import load_data_for
     from toolkit.errors import RtkError
 
     if at not in ("init", "best"):
         raise RtkError(f"--at takes init or best, got {at!r}")
     if not 1 <= batches <= MAX_GRAD_BATCHES:
         raise RtkError(f"--batches must be in [1, {MAX_GRAD_BATCHES}], got {batches}")
-    dataset = load_dataset(data, announce=notice)
+    dataset = load_data_for(sources, data, announce=notice)
     profiles = [profile_source(s, dataset, batches=batches, at=at) for s in sources]
     if plot is not None:
         from analysis.plots import gradient_flow
@@ -143,9 +143,9 @@ def lesion(
     """Test accuracy with residual blocks removed at test time (Veit et al. 2016): each block
     alone, per stage, and k random blocks together; residual and plain networks side by side."""
     from analysis.lesion import lesion_sources
-    from toolkit.data import load_dataset
+    from analysis.sources import load_data_for
 
-    dataset = load_dataset(data, announce=notice)
+    dataset = load_data_for(sources, data, announce=notice)
     report = lesion_sources(sources, dataset, images=images, draws=draws, seed=seed)
     if out is not None:
         from analysis.plots import lesion_curves
@@ -243,13 +243,13 @@ def residuals(
     """Per block, ||F(x)|| / ||shortcut(x)|| over real test images (mean, spread), per stage,
     and whether residuals stay small (ratio below 1) in each stage."""
     from analysis.residuals import residual_sources
-    from toolkit.data import load_dataset
+    from analysis.sources import load_data_for
     from toolkit.errors import RtkError
 
     if at not in ("init", "best", "both"):
         raise RtkError(f"--at takes init, best or both, got {at!r}")
     ats = ["init", "best"] if at == "both" else [at]
-    dataset = load_dataset(data, announce=notice)
+    dataset = load_data_for(sources, data, announce=notice)
     profiles = residual_sources(sources, dataset, ats=ats, images=images, seed=seed)
     if as_json:
         print_json(profiles)
@@ -282,9 +282,9 @@ def _print_residuals(p: ResidualProfile) -> None:
 
 def _predictions(source: Path, data: Path | None) -> object:
     from analysis.metrics import predict_test
-    from toolkit.data import load_dataset
+    from analysis.sources import load_data_for
 
-    return predict_test(source, load_dataset(data, announce=notice))
+    return predict_test(source, load_data_for([source], data, announce=notice))
 
 
 @report_app.command("confusion")
@@ -316,6 +316,18 @@ def confusion(
         cells = [f"{v:.2f}" if normalize else f"{int(v)}" for v in row]
         table.add_row(name, *cells[:i], styled((cells[i], "bold green")), *cells[i + 1 :])
     console.print(table)
+    _imbalance_note(result.imbalance)
+
+
+def _imbalance_note(ratio: float) -> None:
+    from toolkit.data.dataset import IMBALANCED
+
+    if ratio >= IMBALANCED:
+        console.print(
+            f"imbalanced test classes (largest/smallest {ratio:.2f}): accuracy favours the large "
+            "classes; read each class's recall and the macro average (`rtk report "
+            "classification`)"
+        )
 
 
 @report_app.command("classification")
@@ -368,6 +380,7 @@ def _print_class_report(report: ClassReport, source: Path) -> None:
         )  # fmt: skip
     console.print(table)
     console.print(f"accuracy {report.accuracy:.4f}")
+    _imbalance_note(report.imbalance)
 
 
 @report_app.command("curves")

@@ -209,13 +209,15 @@ def inference(
         targets, notes = resolve_targets(
             models, runs=runs, workdir=Path(workdir), input_shape=shape
         )
-        from toolkit.data import load_dataset
+        from analysis.sources import load_data_for
 
         report = run_bench(
             targets,
             settings=settings,
             notes=notes,
-            accuracy_on=(lambda: load_dataset(data, announce=notice)) if accuracy else None,
+            accuracy_on=(lambda: load_data_for(models, data, announce=notice))
+            if accuracy
+            else None,
         )
     if as_json:
         print_json(report)

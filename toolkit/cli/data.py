@@ -10,7 +10,10 @@ from rich.table import Table
 from toolkit.cli.output import console, notice, print_json
 from toolkit.config import TrainConfig
 
-app = typer.Typer(help="Inspect the CIFAR-10 data rtk trains on.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect the data rtk trains on (CIFAR-10, or your own ImageFolder tree).",
+    no_args_is_help=True,
+)
 
 DataOption = typer.Option(
     None,
@@ -29,17 +32,24 @@ def info(
     split_seed: int = typer.Option(
         TrainConfig.split_seed, "--split-seed", help="Seed of the train/val split."
     ),
+    image_size: int | None = typer.Option(
+        None,
+        help="Resize every image to NxN, as `rtk train --image-size N` does.",
+        show_default=False,
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
-    """Show the dataset's source, format, cache, split sizes and per-class counts."""
+    """Show the dataset's source, format, cache, image size, split sizes and per-class counts
+    (and whether its classes are imbalanced)."""
     from toolkit.data import describe, load_dataset
+    from toolkit.data.dataset import IMBALANCED
 
-    dataset = load_dataset(data, announce=notice)
+    dataset = load_dataset(data, image_size=image_size, announce=notice)
     summary = describe(dataset, val_size=val_size, seed=split_seed)
     if as_json:
         print_json(summary)
         return
-    overview = Table(title="CIFAR-10 data", show_header=False)
+    overview = Table(title="CIFAR-10 data" if dataset.is_cifar10 else "Data", show_header=False)
     overview.add_column(style="bold")
     overview.add_column()
     cache = str(summary.cache_path) if summary.cache_path else "not written (cache dir unwritable)"
@@ -51,7 +61,21 @@ def info(
         "split", f"train {summary.train:,} / val {summary.val:,} / test {summary.test:,}"
     )
     overview.add_row("split seed", str(summary.split_seed))
+    _, height, width = summary.input_size
+    resized = f", resized to {summary.image_size}" if summary.image_size else " as stored"
+    converted = f" (converted from {', '.join(summary.converted)})" if summary.converted else ""
+    overview.add_row("images", f"{width}x{height} RGB{resized}{converted}")
+    overview.add_row(
+        "classes",
+        f"{len(summary.classes)}; largest/smallest: train {summary.train_imbalance:.2f}, "
+        f"test {summary.test_imbalance:.2f}",
+    )
     console.print(overview)
+    if max(summary.train_imbalance, summary.test_imbalance) >= IMBALANCED:
+        console.print(
+            f"imbalanced classes (largest/smallest at least {IMBALANCED}): accuracy favours the "
+            "large classes; read `rtk report per-class` (recall, macro average) beside it"
+        )
     per_class = Table(title="Images per class")
     for column in ("class", "train", "val", "test"):
         per_class.add_column(column, justify="left" if column == "class" else "right")

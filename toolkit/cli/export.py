@@ -38,11 +38,11 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Export checkpoints to ONNX and validate each file against PyTorch on real test images."""
+    from analysis.sources import load_data_for
     from exporters.convert import export_onnx, export_paths
     from exporters.errors import ExportError
     from exporters.opset import opset_support
     from exporters.quantize import INT8_TARGETS
-    from toolkit.data import load_dataset
 
     if not onnx_format:
         raise ExportError("say which format: --onnx (the only one rtk exports)")
@@ -67,7 +67,7 @@ def export(
             f"opset {opset or support.default} (newest the exporter writes: "
             f"{support.exporter_max}; ONNX Runtime runs up to: {support.runtime_max})"
         )
-    dataset = load_dataset(data, announce=notice)
+    dataset = load_data_for(chosen, data, announce=notice)
     results = []
     for target in chosen:
         results += export_onnx(

@@ -54,9 +54,16 @@ def reproduce(
     ray = ex.ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
     for model in models or chosen.models:  # a refused precision, before anything is written
         check_precision(budget_config(table_one_architecture(model)[0].name, chosen))
+    dataset = load_dataset(data, announce=notice)
+    if not dataset.is_cifar10:  # Table I and the claims are CIFAR-10's figures
+        _, height, width = dataset.input_size
+        raise RtkError(
+            f"{dataset.source.path} is not CIFAR-10 ({len(dataset.classes)} classes, "
+            f"{width}x{height} images): rtk reproduce sets the paper's CIFAR-10 figures beside "
+            "its runs; on your own data use rtk train, rtk report and rtk study depth"
+        )
     notice(f"budget {budget}, recipe {chosen.recipe}: {chosen.reduction}")
     observer = None if quiet else RichObserver(err_console, progress=True)
-    dataset = load_dataset(data, announce=notice)
     rerun = this_command(ctx)
     result = run(
         budget=chosen,

@@ -203,6 +203,18 @@ def train(
     translate: int | None = typer.Option(
         None, help=f"Random shift in pixels, 0 = off {_default('translate')}."
     ),
+    image_size: int | None = typer.Option(
+        None,
+        help="Resize every image to NxN when decoding an ImageFolder dataset (by default they "
+        "keep their stored size, which must be one).",
+        show_default=False,
+    ),
+    normalize: str | None = typer.Option(
+        None,
+        help="Input normalisation: paper ((x - 0.5) / 0.5), data (per-channel mean and std of "
+        "the training split) or auto (paper on CIFAR-10, data on any other dataset) "
+        f"{_default('normalize')}.",
+    ),
     seed: int | None = typer.Option(
         None, help=f"Seed of weights, order, augmentation {_default('seed')}."
     ),
@@ -408,9 +420,20 @@ def _run_plan(
         raise ConfigError("a seed group trains in one process; run it without torchrun")
     for config in plan.configs:  # a refused device or precision, before the data is read
         check_precision(config, resuming=resuming)
-    dataset = load_dataset(data, announce=notice)
+    sizes = {config.image_size for config in plan.configs}
+    if len(sizes) > 1:
+        raise ConfigError(
+            f"the runs resumed together decode their images at different sizes "
+            f"({', '.join(map(str, sizes))}); resume them one by one"
+        )
+    dataset = load_dataset(data, image_size=sizes.pop(), announce=notice)
     for config in plan.configs:  # every job, before the first run folder is made
-        check_dataset(config, classes=len(dataset.classes), train_images=len(dataset.train))
+        check_dataset(
+            config,
+            classes=len(dataset.classes),
+            train_images=len(dataset.train),
+            input_size=dataset.input_size,
+        )
     for group in plan.groups:
         group.check_data(dataset)
     out_console = err_console if as_json else console

@@ -1,4 +1,4 @@
-"""CIFAR-10 as uint8 tensors in memory: decoded once, cached in one file, split by seed."""
+"""The dataset as uint8 tensors in memory: decoded once, cached in one file, split by seed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,8 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from toolkit.data import sources
-from toolkit.data.sources import DataSource
+from toolkit.data.sources import CIFAR10_CLASSES, CIFAR_SIZE, DataSource
+from toolkit.data.transforms import PAPER_NORMALIZATION, Normalization, measure_normalization
 from toolkit.errors import DataError
 from toolkit.fileio import atomic_path
 
@@ -29,7 +30,7 @@ _CACHE_NAME = re.compile(
 
 @dataclass(frozen=True)
 class Split:
-    """Images (N, 3, 32, 32) uint8 in [0, 255] and labels (N,) int64."""
+    """Images (N, 3, H, W) uint8 in [0, 255] and labels (N,) int64."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -46,7 +47,8 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The whole dataset as the source gave it: 50,000 training and 10,000 test images."""
+    """The whole dataset as the source gave it (CIFAR-10: 50,000 training and 10,000 test
+    images)."""
 
     classes: tuple[str, ...]
     train: Split
@@ -55,6 +57,30 @@ class Dataset:
     cache_path: Path | None  # None when the cache directory could not be written
     from_cache: bool
     load_s: float
+    converted: tuple[str, ...] = ()  # image modes converted to RGB at decode ("L": greyscale)
+    image_size: int | None = None  # the side every image was resized to; None: stored size
+
+    @property
+    def input_size(self) -> list[int]:
+        """[channels, height, width] of every image: what a model trained on it takes."""
+        return [int(d) for d in self.train.images.shape[1:]]
+
+    @property
+    def is_cifar10(self) -> bool:
+        """CIFAR-10 as the paper trains on it: its ten classes, 32x32 RGB as stored."""
+        return (
+            self.classes == CIFAR10_CLASSES
+            and self.input_size == [3, CIFAR_SIZE, CIFAR_SIZE]
+            and not self.converted
+            and self.image_size is None
+        )
+
+    def normalization(self, mode: str, train: Split) -> Normalization:
+        """How a run normalises its inputs (``TrainConfig.normalize``): the paper's on CIFAR-10
+        under ``auto``, else the per-channel statistics of ``train``, the images it trains on."""
+        if mode == "paper" or (mode == "auto" and self.is_cifar10):
+            return PAPER_NORMALIZATION
+        return measure_normalization(train.images)
 
     def split(self, *, val_size: int, seed: int) -> tuple[Split, Split]:
         """Hold ``val_size`` training images out for validation, stratified by class.
@@ -65,7 +91,8 @@ class Dataset:
             return self.train, Split(self.train.images[:0], self.train.labels[:0])
         if not 0 < val_size < len(self.train):
             raise DataError(
-                f"validation size {val_size} must be between 0 and {len(self.train) - 1}"
+                f"validation size {val_size} must be between 0 and {len(self.train) - 1}; "
+                "pass a smaller --val-size"
             )
         indices = np.arange(len(self.train))
         try:
@@ -82,6 +109,24 @@ class Dataset:
         )
 
 
+def check_fits(
+    model_classes: Sequence[str], input_size: Sequence[int], dataset: Dataset, source: Path | str
+) -> None:
+    """A model meets a dataset only when it was trained on its classes, at its image size."""
+    if list(model_classes) != list(dataset.classes):
+        raise DataError(
+            f"{source} was trained on classes {list(model_classes)}, but the dataset has "
+            f"{list(dataset.classes)}; point --data at the data the model was trained for"
+        )
+    if list(input_size) != dataset.input_size:
+        want, got = list(input_size), dataset.input_size
+        raise DataError(
+            f"{source} takes {want[2]}x{want[1]} images, but the dataset's are {got[2]}x{got[1]}; "
+            "point --data at the data the model was trained for (its --image-size is recorded "
+            "in the run)"
+        )
+
+
 def default_cache_dir() -> Path:
     if os.environ.get("RTK_CACHE_DIR"):
         return Path(os.environ["RTK_CACHE_DIR"])
@@ -89,9 +134,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "rtk"
 
 
-def cache_file_for(source: DataSource, cache_dir: Path | None = None) -> Path:
-    """The one cache file of ``source``, named by its format and path."""
-    key = hashlib.sha256(f"{source.format}:{source.path}".encode()).hexdigest()[:16]
+def cache_file_for(
+    source: DataSource, cache_dir: Path | None = None, *, image_size: int | None = None
+) -> Path:
+    """The one cache file of ``source`` (at ``image_size``), named by its format and path."""
+    resized = f":{image_size}" if image_size is not None else ""  # stored size: the old name
+    key = hashlib.sha256(f"{source.format}:{source.path}{resized}".encode()).hexdigest()[:16]
     return (cache_dir or default_cache_dir()) / f"{CACHE_PREFIX}{key}.pt"
 
 
@@ -108,10 +156,12 @@ def cache_files(directory: Path) -> list[Path]:
 def load_dataset(
     data: Path | None = None,
     *,
+    image_size: int | None = None,
     cache_dir: Path | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> Dataset:
-    """Find, decode (or load from the cache) and return the whole dataset.
+    """Find, decode (or load from the cache) and return the whole dataset, every image
+    resized to ``image_size`` square when given (ImageFolder trees only).
 
     The cache is one file per source, named by the source's path; it holds a fingerprint of
     every source file's size and mtime and is rebuilt when that changes. It is written only
@@ -119,12 +169,13 @@ def load_dataset(
     """
     start = time.perf_counter()
     source = sources.locate(data, announce=announce)
-    cache_file = cache_file_for(source, cache_dir)
+    sources.check_image_size(image_size, source)
+    cache_file = cache_file_for(source, cache_dir, image_size=image_size)
     stamp = sources.fingerprint(source)
     raw = _read_cache(cache_file, stamp)
     from_cache = raw is not None
     if raw is None:
-        raw = sources.read(source)
+        raw = sources.read(source, image_size=image_size)
         cached = _write_cache(cache_file, stamp, source, raw)
     return Dataset(
         classes=raw.classes,
@@ -134,6 +185,8 @@ def load_dataset(
         cache_path=cache_file if from_cache or cached else None,
         from_cache=from_cache,
         load_s=time.perf_counter() - start,
+        converted=raw.converted,
+        image_size=raw.image_size,
     )
 
 
@@ -179,6 +232,8 @@ def _read_cache(path: Path, stamp: str) -> sources.RawData | None:
         train_labels=content["train_labels"],
         test_images=content["test_images"],
         test_labels=content["test_labels"],
+        converted=tuple(content.get("converted", ())),
+        image_size=content.get("image_size"),
     )
 
 
@@ -193,6 +248,8 @@ def _write_cache(path: Path, stamp: str, source: DataSource, raw: sources.RawDat
         "train_labels": raw.train_labels,
         "test_images": raw.test_images,
         "test_labels": raw.test_labels,
+        "converted": list(raw.converted),
+        "image_size": raw.image_size,
     }
     try:
         with atomic_path(path) as tmp:
@@ -210,6 +267,15 @@ class ClassCount:
     test: int
 
 
+IMBALANCED = 1.5  # largest class over smallest from which accuracy alone misleads
+
+
+def imbalance(counts: list[int]) -> float:
+    """The largest class's count over the smallest's (1.0: balanced; inf: a class is empty)."""
+    smallest = min(counts)
+    return max(counts) / smallest if smallest else float("inf")
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """What ``rtk data info`` reports: where the data came from and what it holds."""
@@ -225,6 +291,11 @@ class DataInfo:
     val: int
     test: int
     classes: list[ClassCount]
+    input_size: list[int]  # channels, height, width of every image as decoded
+    image_size: int | None  # the side every image was resized to; None: their stored size
+    converted: list[str]  # image modes converted to RGB ("L": greyscale)
+    train_imbalance: float  # largest training class over the smallest
+    test_imbalance: float
 
 
 def describe(dataset: Dataset, *, val_size: int, seed: int) -> DataInfo:
@@ -249,4 +320,9 @@ def describe(dataset: Dataset, *, val_size: int, seed: int) -> DataInfo:
         val=len(val),
         test=len(dataset.test),
         classes=[ClassCount(name, *c) for name, *c in counts],
+        input_size=dataset.input_size,
+        image_size=dataset.image_size,
+        converted=list(dataset.converted),
+        train_imbalance=imbalance(dataset.train.class_counts(k)),
+        test_imbalance=imbalance(dataset.test.class_counts(k)),
     )

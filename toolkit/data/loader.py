@@ -12,7 +12,14 @@ import numpy as np
 import torch
 
 from toolkit.data.dataset import Split
-from toolkit.data.transforms import Augment, apply_augment, draw_augment, normalize
+from toolkit.data.transforms import (
+    PAPER_NORMALIZATION,
+    Augment,
+    Normalization,
+    apply_augment,
+    draw_augment,
+    normalize,
+)
 
 
 def epoch_generator(*key: int) -> torch.Generator:
@@ -23,7 +30,8 @@ def epoch_generator(*key: int) -> torch.Generator:
 
 
 class TensorLoader:
-    """Yields ``(images, labels)``: float32 (N, 3, 32, 32) in [-1, 1] and int64, on ``device``.
+    """Yields ``(images, labels)``: float32 (N, 3, H, W) normalised as ``normalization`` says
+    (the paper's [-1, 1] by default) and int64, on ``device``.
 
     Iterating runs one epoch and then advances the epoch counter; ``set_epoch`` rewinds or
     skips (for resuming), as ``DistributedSampler.set_epoch`` does. With ``world_size > 1``
@@ -39,6 +47,7 @@ class TensorLoader:
         device: torch.device | str = "cpu",
         shuffle: bool = False,
         augment: Augment | None = None,
+        normalization: Normalization = PAPER_NORMALIZATION,
         seed: int = 0,
         channels_last: bool = False,
         drop_last: bool = False,
@@ -52,6 +61,7 @@ class TensorLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
+        self.normalization = normalization
         self.seed = seed
         self.channels_last = channels_last
         self.drop_last = drop_last
@@ -99,7 +109,7 @@ class TensorLoader:
                 x = apply_augment(images, self.augment, draws[start:stop])
             else:
                 x = images
-            x = normalize(x)
+            x = normalize(x, self.normalization)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels

@@ -1,8 +1,14 @@
-"""Where CIFAR-10 lives on disk, and how to read each of its formats into uint8 tensors.
+"""Where the dataset lives on disk, and how to read each of its formats into uint8 tensors.
 
-Three formats are read: the official Python release (``cifar-10-batches-py/`` or its
-``.tar.gz``), an ImageFolder tree (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``), and a
-download through torchvision, which produces the official release.
+Three formats are read: CIFAR-10's official Python release (``cifar-10-batches-py/`` or its
+``.tar.gz``), an ImageFolder tree (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``: CIFAR-10
+or any other classification dataset), and a download through torchvision, which produces the
+official release.
+
+An ImageFolder tree may hold any number of classes (two or more) and images of any one size
+(or of several, resized to one at decode time with ``image_size``); images that are not RGB
+(greyscale, palette, RGBA, ...) are converted to RGB, and the decoded data records which modes
+were, so every network keeps its 3-channel stem.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import pickle
 import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
 
@@ -23,10 +31,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from toolkit.config import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from toolkit.errors import DataError
 
 Format = Literal["imagefolder", "cifar-python", "cifar-tar"]
-IMAGE_SIZE = 32
+CIFAR_SIZE = 32  # the official release's images; an ImageFolder tree has its own size
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 _BATCH_DIR = "cifar-10-batches-py"
 _TARBALL = "cifar-10-python.tar.gz"
@@ -44,13 +56,17 @@ class DataSource:
 
 @dataclass(frozen=True)
 class RawData:
-    """A decoded dataset: images (N, 3, 32, 32) uint8 and labels (N,) int64 per split."""
+    """A decoded dataset: images (N, 3, H, W) uint8 and labels (N,) int64 per split; the
+    image modes converted to RGB on the way (``("L",)`` for a greyscale dataset), and the side
+    every image was resized to (None: their stored size)."""
 
     classes: tuple[str, ...]
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    converted: tuple[str, ...] = ()
+    image_size: int | None = None
 
 
 def locate(
@@ -170,10 +186,27 @@ def _source_stats(source: DataSource) -> Iterator[tuple[str, os.stat_result]]:
                 yield f"{split}/{class_name}/{name}", entry.stat()
 
 
-def read(source: DataSource) -> RawData:
-    """Decode the whole dataset into memory; raise ``DataError`` naming any bad file."""
+def check_image_size(image_size: int | None, source: DataSource) -> None:
+    """``--image-size`` resizes an ImageFolder tree's images; the official release is 32x32."""
+    if image_size is None:
+        return
+    if not MIN_IMAGE_SIDE <= image_size <= MAX_IMAGE_SIDE:
+        raise DataError(
+            f"--image-size must be in [{MIN_IMAGE_SIDE}, {MAX_IMAGE_SIDE}] pixels, got {image_size}"
+        )
+    if source.format != "imagefolder" and image_size != CIFAR_SIZE:
+        raise DataError(
+            f"--image-size {image_size}: {source.path} is CIFAR-10's official release, whose "
+            f"images are {CIFAR_SIZE}x{CIFAR_SIZE}; drop --image-size or use an ImageFolder tree"
+        )
+
+
+def read(source: DataSource, *, image_size: int | None = None) -> RawData:
+    """Decode the whole dataset into memory (each image resized to ``image_size`` square, when
+    given); raise ``DataError`` naming any bad file."""
+    check_image_size(image_size, source)
     if source.format == "imagefolder":
-        return _read_imagefolder(source.path)
+        return _read_imagefolder(source.path, image_size)
     if source.format == "cifar-tar":
         try:
             with tarfile.open(source.path, "r:gz") as tar:
@@ -243,9 +276,11 @@ def _read_batches(open_file: Callable[[str], BinaryIO], where: str) -> RawData:
         for name in names:
             batch = load(name)
             data = np.asarray(batch.get(b"data"))
-            if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
+            if data.ndim != 2 or data.shape[1] != 3 * CIFAR_SIZE * CIFAR_SIZE:
                 raise DataError(f"{where}/{name}: images are {data.shape}, expected (N, 3072)")
-            images.append(torch.from_numpy(data.astype(np.uint8).reshape(-1, 3, 32, 32)))
+            images.append(
+                torch.from_numpy(data.astype(np.uint8).reshape(-1, 3, CIFAR_SIZE, CIFAR_SIZE))
+            )
             labels.append(torch.as_tensor(batch.get(b"labels"), dtype=torch.int64))
             if len(labels[-1]) != len(images[-1]) or not _labels_ok(labels[-1], len(classes)):
                 raise DataError(f"{where}/{name}: labels do not match the images or the classes")
@@ -272,12 +307,17 @@ def _class_folders(split_dir: Path) -> list[Path]:
     return sorted(p for p in split_dir.iterdir() if p.is_dir())
 
 
-def _read_imagefolder(root: Path) -> RawData:
+def _read_imagefolder(root: Path, image_size: int | None) -> RawData:
     train_dirs, test_dirs = _class_folders(root / "train"), _class_folders(root / "test")
     train_names = [p.name for p in train_dirs]
     test_names = [p.name for p in test_dirs]
     if not train_names:
         raise DataError(f"{root / 'train'} has no class folders; {_EXPECTED}")
+    if len(train_names) < 2:
+        raise DataError(
+            f"{root / 'train'} has one class folder ({train_names[0]}); a classifier needs at "
+            "least two: add a folder per class"
+        )
     if train_names != test_names:
         only_train = sorted(set(train_names) - set(test_names)) or "-"
         only_test = sorted(set(test_names) - set(train_names)) or "-"
@@ -285,12 +325,24 @@ def _read_imagefolder(root: Path) -> RawData:
             f"train/ and test/ in {root} have different classes "
             f"(only in train: {only_train}; only in test: {only_test}); give both the same folders"
         )
-    train_images, train_labels = _read_split(train_dirs)
-    test_images, test_labels = _read_split(test_dirs)
-    return RawData(tuple(train_names), train_images, train_labels, test_images, test_labels)
+    train_files, train_labels = _list_split(train_dirs)
+    test_files, test_labels = _list_split(test_dirs)
+    # One size for every image: the one asked for, else the first training image's.
+    size = (image_size, image_size) if image_size else _stored_size(train_files[0])
+    train_images, train_modes = _decode_all(train_files, size, resize=image_size is not None)
+    test_images, test_modes = _decode_all(test_files, size, resize=image_size is not None)
+    return RawData(
+        tuple(train_names),
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        converted=tuple(sorted(train_modes | test_modes)),
+        image_size=image_size,
+    )
 
 
-def _read_split(class_dirs: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+def _list_split(class_dirs: list[Path]) -> tuple[list[Path], torch.Tensor]:
     files: list[Path] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
@@ -300,53 +352,79 @@ def _read_split(class_dirs: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
             raise DataError(f"class folder {class_dir} holds no images ({suffixes})")
         files += images
         labels += [label] * len(images)
-    return _decode_all(files), torch.tensor(labels, dtype=torch.int64)
+    return files, torch.tensor(labels, dtype=torch.int64)
+
+
+def _stored_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding it."""
+    with _opened(path) as image:
+        return image.size
 
 
 _CHUNK = 1_000  # images per worker task: large enough that process overhead vanishes
 
 
-def _decode_all(files: list[Path]) -> torch.Tensor:
-    """Decode every file with Pillow, on all cores: 60,000 JPEGs take about 5 s on two."""
+def _decode_all(
+    files: list[Path], size: tuple[int, int], *, resize: bool
+) -> tuple[torch.Tensor, set[str]]:
+    """Decode every file with Pillow, on all cores (60,000 JPEGs take about 5 s on two), to
+    ``size`` (width, height); the image modes converted to RGB on the way."""
     chunks = [files[start : start + _CHUNK] for start in range(0, len(files), _CHUNK)]
     workers = min(os.cpu_count() or 1, len(chunks), 8)
+    decode = partial(_decode_chunk, size=size, resize=resize)
     if workers <= 1:
-        arrays = [_decode_chunk(chunk) for chunk in chunks]
+        results = [decode(chunk) for chunk in chunks]
     else:
         # fork: the workers need no imports of their own, and they touch only Pillow and NumPy.
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            arrays = list(pool.map(_decode_chunk, chunks))
-    return torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).contiguous()
+            results = list(pool.map(decode, chunks))
+    images = np.concatenate([array for array, _ in results])
+    modes = set().union(*(m for _, m in results))
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), modes
 
 
-def _decode_chunk(files: list[Path]) -> np.ndarray:
-    out = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+def _decode_chunk(
+    files: list[Path], *, size: tuple[int, int], resize: bool
+) -> tuple[np.ndarray, set[str]]:
+    out = np.empty((len(files), size[1], size[0], 3), dtype=np.uint8)
+    modes: set[str] = set()
     for index, path in enumerate(files):
-        out[index] = _decode_one(path)
-    return out
+        out[index], mode = _decode_one(path, size, resize=resize)
+        if mode != "RGB":
+            modes.add(mode)
+    return out, modes
 
 
-def _decode_one(path: Path) -> np.ndarray:
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
     # Image.open on a FIFO waits forever for a writer, and a device may never end.
     if path.exists() and not path.is_file():
         raise DataError(f"{path} is not a regular file; remove it from the dataset")
     try:
         with Image.open(path) as image:
-            image.load()  # decode fully here: a truncated file fails now, not later
-            size, mode = image.size, image.mode
-            if size == (IMAGE_SIZE, IMAGE_SIZE) and mode == "RGB":
-                return np.asarray(image)
+            yield image
     except UnidentifiedImageError as exc:
         raise DataError(f"cannot decode image {path} (not an image); replace or remove it") from exc
     except OSError as exc:
         if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
             raise DataError(f"cannot read image {path} ({exc.strerror}); check the file") from exc
         raise DataError(f"cannot decode image {path} ({exc}); replace or remove it") from exc
-    raise DataError(
-        f"image {path} is {size[0]}x{size[1]} {_MODES.get(mode, mode)}; "
-        "CIFAR-10 images must be 32x32 RGB"
-    )
 
 
-_MODES = {"L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA", "P": "palette", "CMYK": "CMYK"}
+def _decode_one(path: Path, size: tuple[int, int], *, resize: bool) -> tuple[np.ndarray, str]:
+    """The image as (H, W, 3) uint8 RGB at ``size``, and its stored mode."""
+    with _opened(path) as image:
+        image.load()  # decode fully here: a truncated file fails now, not later
+        mode = image.mode
+        if image.size != size:
+            if not resize:
+                raise DataError(
+                    f"image {path} is {image.size[0]}x{image.size[1]} but the first training "
+                    f"image is {size[0]}x{size[1]}; the images must share one size: pass "
+                    "--image-size N to resize every image to NxN"
+                )
+            # Pillow's bilinear filter widens with the scale: an antialiased reduction.
+            resized = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(resized), mode
+        return np.asarray(image if mode == "RGB" else image.convert("RGB")), mode

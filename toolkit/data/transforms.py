@@ -18,6 +18,51 @@ STD = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``(x - mean) / std`` on the [0, 1] scale, and where the numbers come from:
+    what a checkpoint records and every reader of its model feeds it with."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: str  # in words, for the files that carry it
+
+    def record(self) -> dict[str, object]:
+        return {"mean": list(self.mean), "std": list(self.std), "scale": self.scale}
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> Normalization:
+        """A checkpoint's (or an ONNX file's) normalisation, checked by its reader."""
+        mean, std = record["mean"], record["std"]
+        assert isinstance(mean, list) and isinstance(std, list)
+        return cls(tuple(map(float, mean)), tuple(map(float, std)), str(record.get("scale", "")))
+
+
+PAPER_NORMALIZATION = Normalization(MEAN, STD, "[0, 1] -> [-1, 1]")
+
+
+def measure_normalization(images: torch.Tensor, *, chunk: int = 4096) -> Normalization:
+    """The per-channel mean and std of uint8 images (N, 3, H, W) on the [0, 1] scale, summed
+    in float64 chunk by chunk (a float32 sum over 50,000 images drifts; a float copy of them
+    all would double the dataset's memory)."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for part in images.split(chunk):
+        x = part.to(torch.float64) / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    # A channel of one value (a blank dataset) would divide by zero: keep its pixels as they are.
+    std = torch.where(std < 1e-3, torch.ones_like(std), std)
+    return Normalization(
+        tuple(round(v, 6) for v in mean.tolist()),
+        tuple(round(v, 6) for v in std.tolist()),
+        "[0, 1] -> (x - mean) / std, per channel, measured on the training split",
+    )
+
+
+@dataclass(frozen=True)
 class Augment:
     flip: bool = True  # random horizontal flip with probability 1/2
     brightness: float = 0.1  # max additive delta on the [0, 1] scale, per image; 0 disables
@@ -27,19 +72,24 @@ class Augment:
 PAPER_AUGMENT = Augment(flip=True, brightness=0.1, translate=0)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] images to float32 in [-1, 1] with the paper's mean/std."""
+def normalize(
+    images: torch.Tensor, normalization: Normalization = PAPER_NORMALIZATION
+) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images to float32, normalised as ``normalization`` says
+    (the paper's: [-1, 1])."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean, std = _normalization(x.device)
+    mean, std = _normalization(x.device, normalization.mean, normalization.std)
     return (x - mean) / std
 
 
 @functools.cache
-def _normalization(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalization(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     # Made once per device: a fresh host-to-device copy per batch would sync a GPU each step.
     return (
-        torch.tensor(MEAN, device=device).view(1, -1, 1, 1),
-        torch.tensor(STD, device=device).view(1, -1, 1, 1),
+        torch.tensor(mean, device=device).view(1, -1, 1, 1),
+        torch.tensor(std, device=device).view(1, -1, 1, 1),
     )
 
 

@@ -17,6 +17,7 @@ from toolkit.models.registry import (
     create_model,
     get_architecture,
     initial_model,
+    input_problem,
 )
 from toolkit.models.resnet import ResidualBlock, lesioned, residual_blocks
 
@@ -39,6 +40,7 @@ __all__ = [
     "create_model",
     "get_architecture",
     "initial_model",
+    "input_problem",
     "lesioned",
     "register_model",
     "residual_blocks",

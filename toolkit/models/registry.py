@@ -70,6 +70,33 @@ class Architecture:
     def build(self, **overrides: Any) -> Classifier:
         return build_model(self.model_class, {**self.kwargs, **overrides})
 
+    def kwargs_for(self, *, num_classes: int, dropout: float | None = None) -> dict[str, Any]:
+        """The arguments a run on a dataset of ``num_classes`` classes builds this network
+        with: the registry's, a recipe's dropout (None: the network's default), and the class
+        count only where it is not the network's own (a CIFAR-10 checkpoint's arguments stay
+        what they always were)."""
+        kwargs = dict(self.kwargs) if dropout is None else {**self.kwargs, "dropout": dropout}
+        if num_classes != self.num_classes:
+            kwargs["num_classes"] = num_classes
+        return kwargs
+
+
+def input_problem(arch: Architecture, *, num_classes: int, input_size: list[int]) -> str | None:
+    """Why ``arch`` cannot classify images of ``input_size`` ([C, H, W]) into ``num_classes``,
+    or None when it can: a forward pass on shapes alone (the meta device), so a too-small image
+    for a network's downsampling is found before anything trains, without a byte of weights."""
+    try:
+        with torch.device("meta"):
+            model = arch.build(**arch.kwargs_for(num_classes=num_classes))
+            logits = model(torch.zeros(2, *input_size))
+    except NotImplementedError:  # an operation shapes alone cannot run: training will tell
+        return None
+    except (RuntimeError, ValueError) as exc:  # how PyTorch's layers refuse a shape
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if tuple(logits.shape) != (2, num_classes):
+        return f"it gives {list(logits.shape[1:])} outputs per image, not {num_classes}"
+    return None
+
 
 def build_model(model_class: str, kwargs: dict[str, Any]) -> Classifier:
     """Rebuild a model from the class name and arguments stored in a checkpoint (a user's

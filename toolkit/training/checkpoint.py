@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.config import mistyped
-from toolkit.data.transforms import MEAN, STD
+from toolkit.data.transforms import PAPER_NORMALIZATION, Normalization
 from toolkit.errors import RtkError, UnknownArchitectureError
 from toolkit.fileio import atomic_path
 from toolkit.model_input import MAX_SIDE, MIN_STD, input_size_ok, normalization_ok
@@ -26,14 +27,24 @@ from toolkit.training.records import EpochRecord
 
 FORMAT = "rtk-checkpoint"
 VERSION = 1
+MAX_CLASSES = 100_000  # more outputs than any dataset rtk trains on: an edited file
 
 
 class CheckpointError(RtkError):
     """A checkpoint that is missing, truncated, or not rtk's."""
 
 
+CIFAR_INPUT = (3, 32, 32)  # channels, height, width
+
+
 def describe_model(
-    *, arch: str, model_class: str, model_kwargs: dict[str, Any], classes: list[str]
+    *,
+    arch: str,
+    model_class: str,
+    model_kwargs: dict[str, Any],
+    classes: list[str],
+    normalization: Normalization = PAPER_NORMALIZATION,
+    input_size: Sequence[int] = CIFAR_INPUT,
 ) -> dict[str, Any]:
     """What a reader needs to rebuild and feed the model, stored in every checkpoint."""
     return {
@@ -44,8 +55,8 @@ def describe_model(
         "model_class": model_class,
         "model_kwargs": model_kwargs,
         "classes": list(classes),
-        "normalization": {"mean": list(MEAN), "std": list(STD), "scale": "[0, 1] -> [-1, 1]"},
-        "input_size": [3, 32, 32],
+        "normalization": normalization.record(),
+        "input_size": list(input_size),
     }
 
 
@@ -55,12 +66,10 @@ def initial_checkpoint(arch_name: str, classes: list[str], *, seed: int = 0) -> 
     from toolkit.models import get_architecture, initial_model
 
     arch = get_architecture(arch_name)
-    model = initial_model(arch.model_class, dict(arch.kwargs), seed=seed)
+    kwargs = arch.kwargs_for(num_classes=len(classes))
+    model = initial_model(arch.model_class, kwargs, seed=seed)
     payload = describe_model(
-        arch=arch.name,
-        model_class=arch.model_class,
-        model_kwargs=dict(arch.kwargs),
-        classes=classes,
+        arch=arch.name, model_class=arch.model_class, model_kwargs=kwargs, classes=classes
     )
     payload.update(epoch=0, state_dict=model.state_dict(), metrics={})
     return payload
@@ -114,8 +123,9 @@ def _listed(value: Any) -> Any:
 
 def _check_model(path: Path, payload: dict[str, Any]) -> None:
     """The checkpoint's model must be a registered architecture as the registry builds it
-    (only the dropout may differ) and its weights must fit that model, key for key and shape
-    for shape: checked before a model is built, so absurd arguments never allocate."""
+    (only the dropout and the class count may differ) and its weights must fit that model, key
+    for key and shape for shape: checked before a model is built, so absurd arguments never
+    allocate."""
     from toolkit.models import architecture_names, get_architecture
 
     try:
@@ -135,9 +145,11 @@ def _check_model(path: Path, payload: dict[str, Any]) -> None:
     kwargs = payload.get("model_kwargs")
     if payload.get("model_class") != arch.model_class or not isinstance(kwargs, dict):
         raise CheckpointError(f"{path} does not describe rtk's {arch.name}; use one rtk wrote")
-    # The dropout is a training setting (the recipe's), whatever the registry builds by default.
-    structural = {k: _listed(v) for k, v in kwargs.items() if k != "dropout"}
-    registered = {k: _listed(v) for k, v in arch.kwargs.items() if k != "dropout"}
+    # The dropout is a training setting (the recipe's) and the class count the dataset's,
+    # whatever the registry builds by default.
+    free = ("dropout", "num_classes")
+    structural = {k: _listed(v) for k, v in kwargs.items() if k not in free}
+    registered = {k: _listed(v) for k, v in arch.kwargs.items() if k not in free}
     differing = sorted(
         structural.keys() ^ registered.keys()
         | {k for k in structural.keys() & registered.keys() if structural[k] != registered[k]}
@@ -145,6 +157,9 @@ def _check_model(path: Path, payload: dict[str, Any]) -> None:
     dropout = kwargs.get("dropout", 0.0)
     if not isinstance(dropout, float | int) or not 0 <= dropout < 1:
         differing.append("dropout")
+    num_classes = kwargs.get("num_classes", arch.num_classes)
+    if type(num_classes) is not int or not 2 <= num_classes <= MAX_CLASSES:
+        differing.append("num_classes")
     if differing:
         raise CheckpointError(
             f"{path} builds {arch.name} with arguments rtk's registry does not "
@@ -172,10 +187,10 @@ def _check_model(path: Path, payload: dict[str, Any]) -> None:
             f"{', '.join(f for f in found if f)}; use a checkpoint of this architecture"
         )
     classes = payload.get("classes")
-    if not isinstance(classes, list) or len(classes) != arch.num_classes:
+    if not isinstance(classes, list) or len(classes) != num_classes:
         raise CheckpointError(
             f"{path} names {len(classes) if isinstance(classes, list) else 'no'} classes for "
-            f"{arch.num_classes} outputs; use a checkpoint rtk wrote"
+            f"{num_classes} outputs; use a checkpoint rtk wrote"
         )
     _check_fields(path, payload)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.config import ConfigError, TrainConfig
+from toolkit.config import ConfigError, TrainConfig, check_dataset
 from toolkit.data import Augment, Dataset, TensorLoader
 from toolkit.errors import RtkError
 from toolkit.fileio import FolderLock
@@ -219,9 +219,17 @@ class Trainer:
         self.amp_dtype = self.precision.dtype
         self.observer = observer if self.world.is_main else None
 
+        check_dataset(  # a run started by the library, not the CLI, is checked as well
+            config,
+            classes=len(dataset.classes),
+            train_images=len(dataset.train),
+            input_size=dataset.input_size,
+        )
         arch = get_architecture(config.arch)
         self.arch = arch
-        self.model_kwargs = {**arch.kwargs, "dropout": config.dropout}
+        self.model_kwargs = arch.kwargs_for(
+            num_classes=len(dataset.classes), dropout=config.dropout
+        )
         self.model: Classifier = initial_model(  # the same initial weights on every rank
             arch.model_class,
             self.model_kwargs,
@@ -282,7 +290,13 @@ class Trainer:
             # A seeded random subset, not the first N, so every class is represented.
             generator = torch.Generator().manual_seed(c.split_seed)
             train = train.subset(torch.randperm(len(train), generator=generator)[: c.train_subset])
-        common = {"device": self.device, "channels_last": c.channels_last, "seed": c.seed}
+        self.normalization = self.dataset.normalization(c.normalize, train)
+        common = {
+            "device": self.device,
+            "channels_last": c.channels_last,
+            "seed": c.seed,
+            "normalization": self.normalization,
+        }
         augment = Augment(flip=c.flip, brightness=c.brightness, translate=c.translate)
         train_loader = TensorLoader(
             train,
@@ -350,6 +364,10 @@ class Trainer:
             "train_images": len(self.train_loader.labels),
             "val_images": len(self.val_loader.labels) if self.val_loader else 0,
             "test_images": len(self.dataset.test),
+            "input_size": self.dataset.input_size,
+            "image_size": self.dataset.image_size,
+            "converted_to_rgb": list(self.dataset.converted),
+            "normalization": self.normalization.record(),
         }
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -369,6 +387,8 @@ class Trainer:
             model_class=self.arch.model_class,
             model_kwargs=self.model_kwargs,
             classes=list(self.dataset.classes),
+            normalization=self.normalization,
+            input_size=self.dataset.input_size,
         )
         payload.update(
             epoch=self.epoch,
@@ -402,7 +422,8 @@ class Trainer:
         if payload.get("arch") != self.arch.name or "optimizer" not in payload:
             raise ConfigError(f"{self.rundir.last} is not a resumable {self.arch.name} checkpoint")
         stored, current = payload.get("data", {}), self._data_facts()
-        if stored and stored != current:
+        # Only what the run recorded: a run from before a fact was recorded resumes as well.
+        if any(stored[k] != v for k, v in current.items() if k in stored):
             raise ConfigError(
                 f"{self.rundir.path} was trained on {stored.get('source')} "
                 f"({stored.get('train_images')} training images); this data is "
