@@ -148,7 +148,8 @@ def _depth_run(arch: str, run: Path) -> DepthRun:
     metrics = rundir.read_metrics()
     history = rundir.read_history()
     spec = get_architecture(arch)
-    model = spec.build()
+    classes = rundir.read_config()["data"].get("classes") or [None] * spec.num_classes
+    model = spec.build(**spec.kwargs_for(num_classes=len(classes)))
     curve = [
         EpochErrors(
             epoch=int(r["epoch"]),

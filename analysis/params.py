@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +44,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
 
 
 def summarize(
-    arch: Architecture, *, num_classes: int | None = None, image_size: int | None = None
+    arch: Architecture, *, num_classes: int | None = None, input_size: Sequence[int] = (3, 32, 32)
 ) -> ModelSummary:
     """The network's size and cost as the registry builds it (CIFAR-10: 10 classes, 32x32),
-    or for a dataset of ``num_classes`` classes and ``image_size`` square images."""
+    or for a dataset of ``num_classes`` classes and images of ``input_size`` (C, H, W)."""
     model = arch.build(**arch.kwargs_for(num_classes=num_classes or arch.num_classes))
-    side = image_size or 32
     layers = model.weight_layers()
     figures = arch.published
     return ModelSummary(
@@ -56,7 +56,7 @@ def summarize(
         group=arch.group,
         params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        macs=count_macs(model, (1, 3, side, side)),
+        macs=count_macs(model, (1, *input_size)),
         depth=layers[-1].depth,
         weight_layers=len(layers),
         description=arch.description,
@@ -74,8 +74,8 @@ def stage_params(model: nn.Module) -> dict[str, int]:
 
 
 def summarize_all(
-    *, num_classes: int | None = None, image_size: int | None = None
+    *, num_classes: int | None = None, input_size: Sequence[int] = (3, 32, 32)
 ) -> list[ModelSummary]:
     return [
-        summarize(arch, num_classes=num_classes, image_size=image_size) for arch in architectures()
+        summarize(arch, num_classes=num_classes, input_size=input_size) for arch in architectures()
     ]

@@ -108,6 +108,15 @@ def _test_acc(checkpoint: Path) -> float | None:
         return None
 
 
+def check_targets(targets: list[Path], dataset: Dataset) -> None:
+    """Every target's model must take ``dataset``'s images and classes, checked for all before
+    the first file is written: one export command writes all of its files or none."""
+    for target in targets:
+        checkpoint = checkpoint_of(target)
+        payload = load_checkpoint(checkpoint)
+        check_fits(payload["classes"], payload["input_size"], dataset, checkpoint)
+
+
 def to_onnx_proto(model: torch.nn.Module, opset: int, input_size: Sequence[int]) -> onnx.ModelProto:
     """The eval-mode graph for inputs of ``input_size`` ([C, H, W]) with a dynamic batch,
     named as ``exporters.metadata`` says."""

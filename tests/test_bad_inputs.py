@@ -108,6 +108,13 @@ def _one_class(ws: Workspace) -> None:
                 shutil.rmtree(ws.data / split / name)
 
 
+def _huge_first_image(ws: Workspace) -> None:
+    """The tree's first training image (which sets the size of all) larger than rtk holds."""
+    path = sorted((ws.data / "train" / "airplane").iterdir())[0]
+    with Image.open(path) as image:
+        image.resize((1100, 1100)).save(path, format="JPEG")
+
+
 def _resized_image(ws: Workspace) -> None:
     """One training image of the real dataset stored at another size than the rest."""
     path = sorted((ws.data / "train" / "dog").iterdir())[3]
@@ -386,6 +393,8 @@ ROWS = [
     Row("mixed-sizes", train(), 2, "is 40x40 but the first training image is 32x32; the images "
         "must share one size: pass --image-size N", _resized_image),
     Row("image-size-small", train("--image-size", "4"), 2, "--image-size must be in [8, 1024]"),
+    Row("images-too-large", train(), 2, "are 1100x1100, more than rtk holds in memory (sides up "
+        "to 1024); pass --image-size N", _huge_first_image),
     Row("image-size-network", train("--image-size", "8"), 2,
         "baseline-cnn cannot take this dataset's 8x8 images"),
     Row("image-size-cifar", ["data", "info", "--data", "{ws}/cifar-python", "--image-size",

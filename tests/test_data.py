@@ -170,11 +170,15 @@ def test_image_of_another_size_is_named_unless_every_image_is_resized(imagefolde
 def test_greyscale_images_become_rgb_and_are_recorded(imagefolder: Path):
     bad = _first_image(imagefolder, "test")
     Image.new("L", (32, 32), 128).save(bad, format="PNG")
+    # 16-bit greyscale (medical, scientific images): its top 8 bits, not a clipped copy.
+    deep = _first_image(imagefolder, "train")
+    Image.fromarray(np.full((32, 32), 0x4A00, dtype=np.uint16)).save(deep, format="PNG")
     dataset = load_dataset(imagefolder)
-    assert dataset.converted == ("L",)
+    assert dataset.converted == ("I;16", "L")
     assert not dataset.is_cifar10  # not CIFAR-10 as stored any more: its own normalisation
     grey = dataset.test.images[(dataset.test.images == 128).flatten(1).all(1)]
     assert len(grey) == 1  # every channel 128
+    assert len(dataset.train.images[(dataset.train.images == 0x4A).flatten(1).all(1)]) == 1
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

@@ -169,6 +169,7 @@ def test_a_failed_export_keeps_every_previous_file(
     # The new fp32 file fails: the stale FP16/INT8 copies are not removed ahead of it.
     with monkeypatch.context() as patch, pytest.raises(ExportError, match=r"model\.onnx fail"):
         patch.setattr(validate, "FP32_TOLERANCE", -1.0)
+        patch.setattr(validate, "FP32_RELATIVE", -1.0)
         export_onnx(run, dataset=dataset, parity_images=PARITY)
     assert _contents(run) == before
     # The new fp32 file passes, INT8 fails: neither replaces its predecessor.

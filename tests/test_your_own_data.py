@@ -169,9 +169,45 @@ def test_measured_normalisation_is_the_training_images_statistics():
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (50, 3, 9, 7), dtype=torch.uint8, generator=generator)
-    measured = measure_normalization(images, chunk=7)  # in chunks, as for a large dataset
+    measured = measure_normalization(images, chunk_values=1000)  # in chunks of 5 images
     pixels = images.double().div(255).permute(1, 0, 2, 3).flatten(1)
     np.testing.assert_allclose(measured.mean, pixels.mean(1).numpy(), atol=1e-6)
     np.testing.assert_allclose(measured.std, pixels.std(1, correction=0).numpy(), atol=1e-6)
     blank = measure_normalization(torch.full((4, 3, 5, 5), 7, dtype=torch.uint8))
     assert blank.std == (1.0, 1.0, 1.0)  # a constant channel is kept, never divided by zero
+
+
+def test_a_run_resumes_with_the_normalisation_it_started_with(imagefolder: Path, tmp_path: Path):
+    """A run of a 10-class dataset from before rtk measured other datasets' statistics trained
+    with the paper's normalisation and recorded no `normalize` setting: resumed now, when
+    `auto` would measure, it goes on as it started."""
+    for split in ("train", "test"):  # not CIFAR-10's names: `auto` measures this dataset
+        for index, name in enumerate(CLASSES):
+            (imagefolder / split / name).rename(imagefolder / split / f"kind-{index}")
+    common = ["--epochs", "1", "--val-size", "50", "--data", imagefolder, "--name", "old"]
+    first = _rtk("train", "baseline-cnn", "--normalize", "paper", *common, "--quiet", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "runs" / "old"
+    last = torch.load(run / "last.pt", weights_only=True)
+    del last["config"]["normalize"]  # as an rtk of before wrote it
+    del last["data"]["normalization"]
+    torch.save(last, run / "last.pt")
+    resumed = _rtk("train", "--resume", run, "--epochs", "2", "--data", imagefolder, "--quiet",
+                   cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["epoch"] == 2
+    assert last["normalization"]["mean"] == [0.5, 0.5, 0.5]
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["normalization"]["std"] == [0.5, 0.5, 0.5]
+
+
+def test_a_huge_logit_does_not_loosen_the_parity_of_the_other_images():
+    from exporters.validate import FP32_TOLERANCE, compare_logits
+
+    expected = np.array([[1e6, -2e6, 3e6], [1.0, 2.0, -1.0]], dtype=np.float32)
+    got = expected + np.array([[1.5, 0.0, 0.0], [0.0, 5e-4, 0.0]], dtype=np.float32)
+    report = compare_logits(got, expected, None, "fp32")
+    # The large image's 1.5 is within 1e-5 of its 3e6; the small image's 5e-4 is not within
+    # 1e-4, and it is the one reported.
+    assert report.tolerance == pytest.approx(FP32_TOLERANCE) and report.max_abs_diff == 1.5

@@ -105,16 +105,26 @@ def params(
     from toolkit.models import architectures, get_architecture
     from toolkit.training import RunDir
 
-    archs = []
+    summaries = []
     for source in sources or []:
         path = Path(source)
-        name = RunDir.open(path).load_best()["arch"] if path.is_dir() else source
-        archs.append(get_architecture(name))
-    summaries = [summarize(a) for a in archs or architectures()]
+        if not path.is_dir():
+            summaries.append(summarize(get_architecture(source)))
+            continue
+        # A run's network as it trained: its dataset's classes and image size.
+        payload = RunDir.open(path).load_best()
+        summaries.append(
+            summarize(
+                get_architecture(payload["arch"]),
+                num_classes=len(payload["classes"]),
+                input_size=payload["input_size"],
+            )
+        )
+    summaries = summaries or [summarize(a) for a in architectures()]
     if as_json:
         print_json(summaries)
         return
-    table = Table(title="Parameters (MACs: one 32x32 image)")
+    table = Table(title="Parameters (MACs: one image, 32x32 unless a run's own size)")
     for column in ("model", "total", "trainable", "published", "difference", "MACs", "per part"):
         table.add_column(column, justify="left" if column in ("model", "per part") else "right")
     for s in summaries:

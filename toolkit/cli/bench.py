@@ -215,7 +215,9 @@ def inference(
             targets,
             settings=settings,
             notes=notes,
-            accuracy_on=(lambda: load_data_for(models, data, announce=notice))
+            accuracy_on=(
+                lambda: load_data_for([t.onnx_path for t in targets], data, announce=notice)
+            )
             if accuracy
             else None,
         )

@@ -74,7 +74,7 @@ def info(
     if max(summary.train_imbalance, summary.test_imbalance) >= IMBALANCED:
         console.print(
             f"imbalanced classes (largest/smallest at least {IMBALANCED}): accuracy favours the "
-            "large classes; read `rtk report per-class` (recall, macro average) beside it"
+            "large classes; read `rtk report classification` (recall, macro average) beside it"
         )
     per_class = Table(title="Images per class")
     for column in ("class", "train", "val", "test"):

@@ -39,7 +39,7 @@ def export(
 ) -> None:
     """Export checkpoints to ONNX and validate each file against PyTorch on real test images."""
     from analysis.sources import load_data_for
-    from exporters.convert import export_onnx, export_paths
+    from exporters.convert import check_targets, export_onnx, export_paths
     from exporters.errors import ExportError
     from exporters.opset import opset_support
     from exporters.quantize import INT8_TARGETS
@@ -68,6 +68,7 @@ def export(
             f"{support.exporter_max}; ONNX Runtime runs up to: {support.runtime_max})"
         )
     dataset = load_data_for(chosen, data, announce=notice)
+    check_targets(chosen, dataset)
     results = []
     for target in chosen:
         results += export_onnx(

@@ -37,7 +37,7 @@ def models(
                 f"{arch.name} cannot take {image_size}x{image_size} images ({problem}); pass a "
                 "larger --image-size"
             )
-    summaries = summarize_all(num_classes=classes, image_size=image_size)
+    summaries = summarize_all(num_classes=classes, input_size=(3, image_size, image_size))
     if as_json:
         print_json(summaries)
         return

@@ -31,6 +31,11 @@ def depth(
         None, help="Train on a seeded subset of N images \\[the budget's]."
     ),
     val_size: int | None = typer.Option(None, help="Validation images \\[the budget's]."),
+    image_size: int | None = typer.Option(
+        None,
+        help="Resize every image of your own dataset to NxN (as `rtk train --image-size`).",
+        show_default=False,
+    ),
     quiet: bool = typer.Option(False, help="No training progress."),
     as_json: bool = typer.Option(False, "--json", help="Print the study as JSON."),
     executor: str = ex.EXECUTOR,
@@ -58,14 +63,19 @@ def depth(
     chosen = DEPTH_BUDGETS[budget]
     ray = ex.ray_settings(executor, ray_address, cpus_per_run, gpus_per_run)
     depths = depths or list(DEFAULT_DEPTHS)
-    overrides = {"epochs": epochs, "train_subset": train_subset, "val_size": val_size}
+    overrides = {
+        "epochs": epochs,
+        "train_subset": train_subset,
+        "val_size": val_size,
+        "image_size": image_size,
+    }
     configs = study_configs(chosen, depths, overrides)  # a bad depth or setting fails first
     changed = budget_changes(chosen, next(iter(configs.values())))
     notice(
         f"depth study, budget {budget}: {chosen.reduction}"
         + (f"; overridden here: {changed}" if changed else "")
     )
-    dataset = load_dataset(data, announce=notice)
+    dataset = load_dataset(data, image_size=image_size, announce=notice)
     rerun = this_command(ctx)
     study = depth_study(
         budget=chosen,

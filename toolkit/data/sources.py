@@ -56,9 +56,8 @@ class DataSource:
 
 @dataclass(frozen=True)
 class RawData:
-    """A decoded dataset: images (N, 3, H, W) uint8 and labels (N,) int64 per split; the
-    image modes converted to RGB on the way (``("L",)`` for a greyscale dataset), and the side
-    every image was resized to (None: their stored size)."""
+    """A decoded dataset: images (N, 3, H, W) uint8 and labels (N,) int64 per split, and the
+    image modes converted to RGB on the way (``("L",)`` for a greyscale dataset)."""
 
     classes: tuple[str, ...]
     train_images: torch.Tensor
@@ -66,7 +65,6 @@ class RawData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     converted: tuple[str, ...] = ()
-    image_size: int | None = None
 
 
 def locate(
@@ -329,6 +327,11 @@ def _read_imagefolder(root: Path, image_size: int | None) -> RawData:
     test_files, test_labels = _list_split(test_dirs)
     # One size for every image: the one asked for, else the first training image's.
     size = (image_size, image_size) if image_size else _stored_size(train_files[0])
+    if max(size) > MAX_IMAGE_SIDE:  # 60,000 photographs as stored would not fit in memory
+        raise DataError(
+            f"the images of {root} are {size[0]}x{size[1]}, more than rtk holds in memory "
+            f"(sides up to {MAX_IMAGE_SIDE}); pass --image-size N to resize them"
+        )
     train_images, train_modes = _decode_all(train_files, size, resize=image_size is not None)
     test_images, test_modes = _decode_all(test_files, size, resize=image_size is not None)
     return RawData(
@@ -338,7 +341,6 @@ def _read_imagefolder(root: Path, image_size: int | None) -> RawData:
         test_images,
         test_labels,
         converted=tuple(sorted(train_modes | test_modes)),
-        image_size=image_size,
     )
 
 
@@ -406,6 +408,10 @@ def _opened(path: Path) -> Iterator[Image.Image]:
             yield image
     except UnidentifiedImageError as exc:
         raise DataError(f"cannot decode image {path} (not an image); replace or remove it") from exc
+    except Image.DecompressionBombError as exc:  # not an OSError: Pillow's guard on huge images
+        raise DataError(
+            f"image {path} has more pixels than Pillow decodes safely; shrink or remove it"
+        ) from exc
     except OSError as exc:
         if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
             raise DataError(f"cannot read image {path} ({exc.strerror}); check the file") from exc
@@ -417,14 +423,29 @@ def _decode_one(path: Path, size: tuple[int, int], *, resize: bool) -> tuple[np.
     with _opened(path) as image:
         image.load()  # decode fully here: a truncated file fails now, not later
         mode = image.mode
-        if image.size != size:
-            if not resize:
-                raise DataError(
-                    f"image {path} is {image.size[0]}x{image.size[1]} but the first training "
-                    f"image is {size[0]}x{size[1]}; the images must share one size: pass "
-                    "--image-size N to resize every image to NxN"
-                )
+        if image.size != size and not resize:
+            raise DataError(
+                f"image {path} is {image.size[0]}x{image.size[1]} but the first training "
+                f"image is {size[0]}x{size[1]}; the images must share one size: pass "
+                "--image-size N to resize every image to NxN"
+            )
+        rgb = _as_rgb(image, path)
+        if rgb.size != size:
             # Pillow's bilinear filter widens with the scale: an antialiased reduction.
-            resized = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(resized), mode
-        return np.asarray(image if mode == "RGB" else image.convert("RGB")), mode
+            rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(rgb), mode
+
+
+def _as_rgb(image: Image.Image, path: Path) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16"):  # 16-bit greyscale: its top 8 bits, not a clipped copy
+        grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("I", "F"):
+        kind = "integer" if image.mode == "I" else "floating-point"
+        raise DataError(
+            f"image {path} holds 32-bit {kind} pixels (mode {image.mode}), whose range rtk "
+            "cannot know; convert it to an 8-bit (or 16-bit greyscale) PNG"
+        )
+    return image.convert("RGB")

@@ -7,6 +7,7 @@ PIL work; all randomness comes from one explicit generator, so a seed fixes ever
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,19 +41,21 @@ class Normalization:
 PAPER_NORMALIZATION = Normalization(MEAN, STD, "[0, 1] -> [-1, 1]")
 
 
-def measure_normalization(images: torch.Tensor, *, chunk: int = 4096) -> Normalization:
-    """The per-channel mean and std of uint8 images (N, 3, H, W) on the [0, 1] scale, summed
-    in float64 chunk by chunk (a float32 sum over 50,000 images drifts; a float copy of them
-    all would double the dataset's memory)."""
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    for part in images.split(chunk):
-        x = part.to(torch.float64) / 255.0
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
+def measure_normalization(images: torch.Tensor, *, chunk_values: int = 2**24) -> Normalization:
+    """The per-channel mean and std of uint8 images (N, 3, H, W) on the [0, 1] scale, from
+    exact integer sums taken a chunk of about ``chunk_values`` pixel values at a time (a float32
+    sum over 50,000 images drifts; a float copy of them all would take gigabytes)."""
+    per_image = max(1, math.prod(images.shape[1:]))
+    total = torch.zeros(3, dtype=torch.int64)
+    squares = torch.zeros(3, dtype=torch.int64)
+    for part in images.split(max(1, chunk_values // per_image)):
+        wide = part.to(torch.int64)
+        total += wide.sum(dim=(0, 2, 3))
+        squares += wide.square().sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    mean = total.double() / count / 255.0
+    variance = squares.double() / count / 255.0**2 - mean.square()
+    std = variance.clamp_min(0).sqrt()
     # A channel of one value (a blank dataset) would divide by zero: keep its pixels as they are.
     std = torch.where(std < 1e-3, torch.ones_like(std), std)
     return Normalization(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.config import ConfigError, TrainConfig, check_dataset
-from toolkit.data import Augment, Dataset, TensorLoader
+from toolkit.data import Augment, Dataset, Normalization, TensorLoader
 from toolkit.errors import RtkError
 from toolkit.fileio import FolderLock
 from toolkit.models import (
@@ -219,6 +219,12 @@ class Trainer:
         self.amp_dtype = self.precision.dtype
         self.observer = observer if self.world.is_main else None
 
+        if dataset.image_size != config.image_size:  # what config.json would record, untrue
+            raise ConfigError(
+                f"the run resizes images to {config.image_size} but the dataset was decoded at "
+                f"{dataset.image_size or 'its stored size'}; load it with "
+                f"load_dataset(image_size={config.image_size})"
+            )
         check_dataset(  # a run started by the library, not the CLI, is checked as well
             config,
             classes=len(dataset.classes),
@@ -421,13 +427,23 @@ class Trainer:
     def _restore(self, payload: dict[str, Any]) -> None:
         if payload.get("arch") != self.arch.name or "optimizer" not in payload:
             raise ConfigError(f"{self.rundir.last} is not a resumable {self.arch.name} checkpoint")
+        # The run goes on with the normalisation it started with, as its checkpoint records it
+        # (a run of a 10-class dataset from before rtk measured other datasets' statistics
+        # was normalised as the paper's, whatever `auto` now decides for it).
+        recorded = Normalization.from_record(payload["normalization"])
+        if (recorded.mean, recorded.std) != (self.normalization.mean, self.normalization.std):
+            self.normalization = recorded
+            for loader in (self.train_loader, self.val_loader, self.test_loader):
+                if loader is not None:
+                    loader.normalization = recorded
         stored, current = payload.get("data", {}), self._data_facts()
         # Only what the run recorded: a run from before a fact was recorded resumes as well.
-        if any(stored[k] != v for k, v in current.items() if k in stored):
+        if differing := [k for k, v in current.items() if k in stored and stored[k] != v]:
             raise ConfigError(
                 f"{self.rundir.path} was trained on {stored.get('source')} "
                 f"({stored.get('train_images')} training images); this data is "
-                f"{current['source']} ({current['train_images']}): pass the run's own --data"
+                f"{current['source']} ({current['train_images']}), which differs in "
+                f"{', '.join(differing)}: pass the run's own --data"
             )
         stored_precision = payload.get("precision")
         if stored_precision is not None and stored_precision != self.precision.name:
